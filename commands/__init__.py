@@ -1,0 +1,1 @@
+"""The Django face of valdimport: management commands that wrap valdimport.py."""

@@ -1,0 +1,130 @@
+"""Fixtures shared by the test files: engines, sample data, running the CLI."""
+import gzip
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.db import connections
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(__file__).resolve().parent / "data"
+SAMPLE = DATA / "sample.dat.gz"
+ENGINES = ("default", "postgresql", "mysql")
+
+
+def _engine_param(alias):
+    if alias in settings.DATABASES:
+        mark = pytest.mark.django_db(transaction=True, databases=[alias])
+    else:
+        from tests.settings import UNAVAILABLE
+        mark = pytest.mark.skip(reason=UNAVAILABLE.get(alias, f"{alias} not configured"))
+    return pytest.param(alias, marks=mark, id={"default": "sqlite"}.get(alias, alias))
+
+
+@pytest.fixture(params=[_engine_param(alias) for alias in ENGINES])
+def engine(request):
+    """A database alias (SQLite, PostgreSQL, MySQL) with empty, migrated tables."""
+    return request.param
+
+
+@pytest.fixture
+def sqlite_only():
+    return "default"
+
+
+def database_url(alias):
+    """The URL of the (test) database behind ``alias``, for subprocesses."""
+    s = connections[alias].settings_dict
+    vendor = connections[alias].vendor
+    if vendor == "sqlite":
+        return f"sqlite:///{s['NAME']}"
+    scheme = {"postgresql": "postgres", "mysql": "mysql"}[vendor]
+    credentials = s["USER"] + (f":{s['PASSWORD']}" if s["PASSWORD"] else "")
+    return f"{scheme}://{credentials}@{s['HOST']}:{s['PORT']}/{s['NAME']}"
+
+
+def cli_env():
+    env = dict(os.environ)
+    env["DJANGO_SETTINGS_MODULE"] = "settings_dev"
+    env.pop("DATABASE_URL", None)
+    return env
+
+
+def run_cli(*args, url=None, stdin=None, cwd=None):
+    """Run ``python valdimport.py [--database-url URL] ARGS``; returns the CompletedProcess."""
+    command = [sys.executable, str(ROOT / "valdimport.py")]
+    if url:
+        command += ["--database-url", url]
+    return subprocess.run(command + [str(a) for a in args], input=stdin, capture_output=True,
+                          cwd=cwd or ROOT, env=cli_env(), timeout=300)
+
+
+@pytest.fixture(scope="session")
+def sample_lines():
+    """The bundled sample, as a list of byte lines."""
+    with gzip.open(SAMPLE, "rb") as f:
+        return f.read().splitlines(keepends=True)
+
+
+def write_dump(path, lines):
+    path = Path(path)
+    path.write_bytes(b"".join(line if line.endswith(b"\n") else line + b"\n" for line in lines))
+    return path
+
+
+def content(alias):
+    """Everything the import stored, independent of ids: for comparing databases."""
+    from node_atom.models import State, Transition
+    from node_common.models import Species
+
+    state_fields = [f.attname for f in State._meta.concrete_fields if f.attname not in ("id", "run_id")]
+    states = {row[0]: row[1:] for row in State.objects.using(alias).values_list("id", *state_fields)}
+    key_at = [state_fields.index(c) for c in ("species_id", "energy_scaled", "J_scaled")]
+
+    def key(state_id):
+        return tuple(states[state_id][i] for i in key_at)
+
+    transition_fields = [f.attname for f in Transition._meta.concrete_fields
+                         if f.attname not in ("id", "run_id", "upstate_id", "lostate_id")]
+    transitions = [(key(lo), key(up), *rest) for lo, up, *rest in Transition.objects.using(alias)
+                   .order_by("id").values_list("lostate_id", "upstate_id", *transition_fields)]
+    species = list(Species.objects.using(alias).order_by("id").values_list(
+        "id", "name", "ground_state_id"))
+    ground = {sp: key(g) if g else None for sp, _, g in species}
+    return {"states": sorted(states.values(), key=lambda row: tuple(row[i] for i in key_at)),
+            "transitions": transitions,
+            "species": [(sp, name) for sp, name, _ in species], "ground": ground}
+
+
+def summary_rows(text):
+    """The summary table printed by a command, as {label: value}."""
+    rows = {}
+    for line in text.splitlines()[1:]:
+        label, _, value = line.strip().partition("  ")
+        rows[label] = value.strip()
+    return rows
+
+
+def generate_dump(path, records=2000, seed=1, species=30, levels=100):
+    """A synthetic dump written by tools/generate_dump.py."""
+    subprocess.run([sys.executable, str(ROOT / "tools" / "generate_dump.py"), "--records", str(records),
+                    "--seed", str(seed), "--species", str(species), "--levels", str(levels),
+                    "-o", str(path)], check=True)
+    return Path(path)
+
+
+def clear(alias):
+    """Empty every table the importer writes."""
+    from node_atom.models import State, Transition
+    from node_common.models import ImportRun, LineList, Reference, Species, SpeciesComponent
+    for model in (Transition, State, SpeciesComponent, Species, ImportRun, LineList, Reference):
+        model.objects.using(alias).all().delete()
+
+
+def run_counts(alias, run_id):
+    from node_common.models import ImportRun
+    run = ImportRun.objects.using(alias).get(pk=run_id)
+    return (run.lines_read, run.imported, run.skipped, run.rejected, run.committed_line, run.status)

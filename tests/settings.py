@@ -1,0 +1,53 @@
+"""Settings for the test suite: one alias per engine.
+
+``default`` is SQLite; ``postgresql`` and ``mysql`` are the servers named by
+VALDIMPORT_TEST_POSTGRES_URL / VALDIMPORT_TEST_MYSQL_URL (defaults: the local
+servers). A server that does not answer is left out and its tests are
+skipped, except with CI=true, where it stays in and its tests fail.
+"""
+import os
+import tempfile
+
+from valdimport import database_settings
+
+CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+SERVER_URLS = {
+    "postgresql": os.environ.get("VALDIMPORT_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres"),
+    "mysql": os.environ.get("VALDIMPORT_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test"),
+}
+UNAVAILABLE = {}
+
+
+def _answers(alias, config):
+    try:
+        if alias == "postgresql":
+            import psycopg2
+            psycopg2.connect(host=config["HOST"], port=config["PORT"] or 5432, user=config["USER"],
+                             password=config["PASSWORD"], dbname=config["NAME"],
+                             connect_timeout=3).close()
+        else:
+            import MySQLdb
+            MySQLdb.connect(host=config["HOST"], port=int(config["PORT"] or 3306), user=config["USER"],
+                            password=config["PASSWORD"], connect_timeout=3).close()
+        return True
+    except Exception as error:  # any failure means: not usable here
+        UNAVAILABLE[alias] = f"{alias} server not available ({str(error).strip()[:80]})"
+        return False
+
+
+SECRET_KEY = "valdimport-tests"
+DEBUG = False
+INSTALLED_APPS = ["node_common", "node_atom", "commands"]
+DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
+USE_TZ = True
+
+_sqlite = os.path.join(tempfile.gettempdir(), f"valdimport_test_{os.getpid()}.sqlite3")
+DATABASES = {"default": database_settings(f"sqlite:///{_sqlite}")}
+DATABASES["default"]["TEST"] = {"NAME": _sqlite}
+for _alias, _url in SERVER_URLS.items():
+    _config = database_settings(_url)
+    if CI or _answers(_alias, _config):
+        _config["TEST"] = {"NAME": f"valdimport_test_{os.getpid()}", "DEPENDENCIES": []}
+        if _alias == "mysql":
+            _config["TEST"]["CHARSET"] = "utf8mb4"
+        DATABASES[_alias] = _config

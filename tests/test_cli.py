@@ -1,0 +1,108 @@
+"""The standalone CLI through real pipes and processes: exit codes, messages, summary."""
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+from node_atom.models import State, Transition
+from tests.conftest import ROOT, SAMPLE, cli_env, database_url, run_cli, summary_rows, write_dump
+
+
+def pipe(shell_source, *args, url):
+    """Run ``SOURCE | python valdimport.py --database-url URL ARGS``; the status is the importer's."""
+    command = (f"{shell_source} | {shlex.quote(sys.executable)} valdimport.py "
+               f"--database-url {shlex.quote(url)} " + " ".join(map(shlex.quote, args)))
+    return subprocess.run(["bash", "-c", command], capture_output=True, text=True, cwd=ROOT,
+                          env=cli_env(), timeout=300)
+
+
+def test_gunzip_into_both_passes_through_a_pipe(engine):
+    url = database_url(engine)
+    states = pipe(f"gunzip -c {SAMPLE}", "import-states", url=url)
+    assert states.returncode == 0, states.stderr
+    assert summary_rows(states.stdout)["imported"] == "2,000 records"
+    stored = State.objects.using(engine).count()
+    assert stored > 0 and Transition.objects.using(engine).count() == 0
+    transitions = pipe(f"gunzip -c {SAMPLE}", "import-transitions", url=url)
+    assert transitions.returncode == 0, transitions.stderr
+    assert summary_rows(transitions.stdout)["transitions"] == "2,000"
+    assert Transition.objects.using(engine).count() == 2000
+    assert State.objects.using(engine).count() == stored
+
+
+def test_compressed_bytes_on_stdin_work(engine):
+    result = pipe(f"cat {SAMPLE}", "import", url=database_url(engine))
+    assert result.returncode == 0, result.stderr
+    assert Transition.objects.using(engine).count() == 2000
+
+
+def test_head_of_the_sample_gives_500_transitions(engine):
+    result = pipe(f"gunzip -c {SAMPLE} | head -1002", "import", url=database_url(engine))
+    assert result.returncode == 0, result.stderr
+    assert Transition.objects.using(engine).count() == 500
+    assert summary_rows(result.stdout)["lines read"] == "1,002"
+
+
+def test_the_summary_reports_every_count(sqlite_only, tmp_path):
+    url = f"sqlite:///{tmp_path}/summary.sqlite3"
+    result = run_cli("import", "--file", SAMPLE, url=url)
+    assert result.returncode == 0
+    out = result.stdout.decode()
+    assert out.startswith("import: run 1 completed\n")
+    rows = summary_rows(out)
+    assert rows["input"] == str(SAMPLE)
+    assert rows["lines read"] == "4,002"
+    assert rows["imported"] == "2,000 records"
+    assert rows["skipped"] == "2,002  (header 2, reference 2,000)"
+    assert rows["rejected"] == "0"
+    assert rows["transitions"] == "2,000"
+    assert rows["elapsed"].endswith("records/s)")
+    assert rows["placeholder species"].startswith("30 (")  # the bare dump has no species list
+
+
+def test_stdin_that_differs_from_an_earlier_run_is_refused(sqlite_only, tmp_path):
+    url = f"sqlite:///{tmp_path}/differs.sqlite3"
+    lines = subprocess.run(["gunzip", "-c", str(SAMPLE)], capture_output=True).stdout.splitlines(True)
+    first = write_dump(tmp_path / "a.dat", lines)
+    assert run_cli("import", "--file", first, url=url).returncode == 0
+    changed = b"".join(lines[:-2]) + lines[-2].replace(b" 1", b" 2", 1) + lines[-1]
+    result = run_cli("import", url=url, stdin=changed)
+    assert result.returncode == 2
+    message = result.stderr.decode()
+    assert message.count("\n") == 1 and "standard input differs from the input of run 1" in message
+    assert "--restart" in message and "Traceback" not in message
+    assert run_cli("import", "--restart", url=url, stdin=changed).returncode == 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["import", "--file", "/nonexistent/vald.dat"], "cannot read /nonexistent/vald.dat: No such file"),
+    (["--database-url", "oracle://u@h/db", "import"], "unsupported database URL scheme 'oracle'"),
+    (["--database-url", "postgres://postgres@127.0.0.1:1/x", "import"], "cannot connect to postgresql"),
+    (["--database-url", "mysql://root@127.0.0.1:1/x", "import"], "cannot connect to mysql"),
+])
+def test_configuration_errors_exit_2_with_one_line(args, message, tmp_path):
+    result = run_cli(*args, cwd=tmp_path)
+    assert result.returncode == 2
+    err = result.stderr.decode()
+    assert err.startswith("valdimport: error: ") and message in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_verbose_shows_the_traceback(tmp_path):
+    result = run_cli("-v", "import", "--file", tmp_path / "missing.dat", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" in result.stderr.decode()
+
+
+@pytest.mark.parametrize("args", [["frobnicate"], ["import", "--batch-size", "0"], []])
+def test_bad_usage_exits_2(args):
+    assert run_cli(*args).returncode == 2
+
+
+@pytest.mark.parametrize("command", ["import-states", "import-transitions", "import"])
+def test_every_command_has_help(command):
+    result = run_cli(command, "--help")
+    assert result.returncode == 0
+    for option in ("--file", "--batch-size", "--skip-header", "--skip-calc", "--cache-size",
+                   "--restart", "--reject-file"):
+        assert option in result.stdout.decode()
