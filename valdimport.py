@@ -791,6 +791,7 @@ class ParsedBatch:
     rejects: list = field(default_factory=list)  # (line_number, reason, raw_text)
     skipped: Counter = field(default_factory=Counter)  # reason -> lines
     records: int = 0
+    seconds: float = 0.0  # CPU time the parse took, wherever it ran
 
     @property
     def species(self) -> set:
@@ -804,6 +805,7 @@ def parse_batch(lines: list[bytes], first_line: int, config: ParseConfig = Parse
     State rows are left out for keys in ``shipped`` (levels this process sent
     before); transition rows take the form ``config.rows`` asks for.
     """
+    started = time.process_time()
     out, methods, keys = ParsedBatch(), dict(config.methods), {}
     for number, data_raw, ref_raw in _records(lines, first_line, config.skip_header, out):
         try:
@@ -826,6 +828,7 @@ def parse_batch(lines: list[bytes], first_line: int, config: ParseConfig = Parse
         keys[lower] = keys[upper] = None
         out.transitions.append((number, lower, upper, row))
     out.keys = list(keys)
+    out.seconds = time.process_time() - started
     return out
 
 
@@ -1143,6 +1146,17 @@ class Writer:
     def end_fast(self, tables):
         """Undo start_fast: the tables are crash-safe again."""
 
+    float_type = "double precision"  # CAST target for arithmetic on decimal columns
+
+    def analyze_sql(self, tables) -> list[str]:
+        return [f"ANALYZE {self.cols(tables)}"]
+
+    def unused_level(self, alias: str) -> str:
+        """SQL: level ``alias`` is used by no transition (an anti-join, not a per-row scan:
+        transitions.upstate and lostate have no index)."""
+        return (f"{alias}.id NOT IN (SELECT upstate FROM transitions) "
+                f"AND {alias}.id NOT IN (SELECT lostate FROM transitions)")
+
 
 TRANSIENT, REFUSED, FATAL = "transient", "refused", "fatal"
 MYSQL_TRANSIENT = {1040, 1053, 1205, 1213, 1927, 2002, 2003, 2006, 2013, 2055, 4031}
@@ -1190,6 +1204,10 @@ class SQLiteWriter(Writer):
     placeholder = "?"
     temporary = ""
     truncate = "DELETE FROM"  # SQLite empties a table without a WHERE quickly
+    float_type = "REAL"
+
+    def analyze_sql(self, tables):
+        return ["ANALYZE"]
 
     def update_from_linelists_sql(self, table, target, source):
         return super().update_from_linelists_sql(table, target, source).replace(
@@ -1233,6 +1251,11 @@ def text_rows(records, ids: dict, run_id: int) -> bytes:
 class PostgresWriter(Writer):
     vendor = "postgresql"
     rows = TEXT
+
+    def unused_level(self, alias):
+        # a hashed anti-join; NOT IN (subquery) would rescan when it outgrows work_mem
+        return (f"NOT EXISTS (SELECT 1 FROM transitions t WHERE t.upstate = {alias}.id) "
+                f"AND NOT EXISTS (SELECT 1 FROM transitions t WHERE t.lostate = {alias}.id)")
 
     def insert_rows(self, cursor, table, columns, rows):
         """COPY in text format: NULL as \\N, backslash, tab and line ends escaped."""
@@ -1291,6 +1314,10 @@ class MySQLWriter(Writer):
     temporary = "TEMPORARY"
     rows = TEXT
     LOCAL_REFUSED = {1148, 2068, 3948}  # LOAD DATA LOCAL disabled on the server or the client
+    float_type = "DOUBLE"
+
+    def analyze_sql(self, tables):
+        return [f"ANALYZE TABLE {self.cols(tables)}"]
 
     def __init__(self, alias=DEFAULT_DB_ALIAS):
         super().__init__(alias)
@@ -1432,6 +1459,8 @@ class ImportOptions:
     clear: bool = False
     yes: bool = False
     dry_run: bool = False
+    skip_housekeeping: bool = False
+    summary_json: str | None = None
     quiet: bool = False
     progress: bool | None = None  # None: when stderr is a terminal and not quiet
 
@@ -1702,6 +1731,7 @@ class Summary:
     dry_run: bool = False
     retried: list = field(default_factory=list)  # transient database errors that were retried
     records_now: int | None = None  # records this invocation read and checked (not the run's)
+    phases: list = field(default_factory=list)  # (name, rows or None, seconds)
 
     def __post_init__(self):
         if self.records_now is None:
@@ -1713,10 +1743,23 @@ class Summary:
         return self.records_now / self.elapsed if self.elapsed > 0 else 0.0
 
     def as_dict(self) -> dict:
-        out = {k: v for k, v in self.__dict__.items() if k != "tally"}
-        out.update(self.tally.as_row())
+        out = {k: v for k, v in self.__dict__.items() if k not in ("tally", "phases")}
+        row = self.tally.as_row()
+        counts = row.pop("counts")
+        out.update(row, skipped_by_reason=counts.pop("skipped"), **counts)
         out["rate"] = round(self.rate, 1)
+        out["phases"] = [dict(phase=name, rows=rows, seconds=round(seconds, 3))
+                         for name, rows, seconds in self.phases]
         return out
+
+    def write_json(self, path: str):
+        """--summary-json: the summary for monitoring."""
+        try:
+            with open(path, "w", encoding="utf-8") as f:
+                json.dump(self.as_dict(), f, indent=2, default=str)
+        except OSError as error:
+            raise UsageError(f"cannot write the summary to {path}: {error.strerror}; "
+                             "give a writable --summary-json path") from None
 
     def table(self) -> str:
         t = self.tally
@@ -1751,7 +1794,43 @@ class Summary:
         rows.append(("elapsed", f"{self.elapsed:.2f} s  ({self.rate:,.0f} records/s)"))
         width = max(19, *(len(name) for name, _ in rows))
         head = f"{self.command}: " + (f"run {self.run_id} " if self.run_id else "") + self.message
-        return "\n".join([head] + [f"  {name:<{width}}  {value}" for name, value in rows])
+        lines = [head] + [f"  {name:<{width}}  {value}" for name, value in rows]
+        if self.phases:
+            lines += ["", phase_table(self.phases, self.records_now, self.elapsed)]
+        return "\n".join(lines)
+
+
+def phase_table(phases, total_rows=None, total_seconds=None) -> str:
+    """pgloader-style: one row per phase with its rows, time and rate, then the total."""
+    rows = [(name, _count(n), f"{seconds:.2f} s", _rate(n, seconds)) for name, n, seconds in phases]
+    if total_seconds is not None:
+        rows.append(("total", _count(total_rows), f"{total_seconds:.2f} s", _rate(total_rows, total_seconds)))
+    return format_table(("phase", "rows", "time", "rate"), rows)
+
+
+def _count(n) -> str:
+    return "-" if n is None else f"{n:,}"
+
+
+def _rate(n, seconds) -> str:
+    return f"{n / seconds:,.0f}/s" if n and seconds and seconds >= 0.01 else ""
+
+
+def format_table(columns, rows, indent="  ") -> str:
+    """A plain text table; columns whose values look numeric are right-aligned."""
+    cells = [list(map(str, columns))] + [["" if v is None else str(v) for v in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    numeric = [all(_looks_numeric(row[i]) for row in cells[1:]) and len(cells) > 1
+               for i in range(len(columns))]
+    lines = []
+    for row in cells:
+        parts = [v.rjust(w) if right else v.ljust(w) for v, w, right in zip(row, widths, numeric)]
+        lines.append((indent + "  ".join(parts)).rstrip())
+    return "\n".join(lines)
+
+
+def _looks_numeric(text: str) -> bool:
+    return text == "" or text == "-" or text[0].isdigit()
 
 
 RETRY_DELAY = 0.5  # seconds before the first retry; doubled for each further one
@@ -1770,16 +1849,19 @@ def run_import(command: str, source: str = "-", *, using: str = DEFAULT_DB_ALIAS
     started = time.monotonic()
     if options.dry_run:
         summary = _dry_run(command, Input(source), using, options)
-    elif options.fast:
-        summary = FastLoad(command, source, using, options).run()
     else:
-        if options.clear:
-            confirm_clear(command, options)
-        prepare_database(using)
-        if options.clear:
-            clear_tables(command, using)
-        summary = _import_input(command, Input(source), using, options)
-        with_retries(using, options.retries, lambda: update_ground_states(using))
+        if options.fast:
+            summary = FastLoad(command, source, using, options).run()
+        else:
+            if options.clear:
+                confirm_clear(command, options)
+            prepare_database(using)
+            if options.clear:
+                clear_tables(command, using)
+            summary = _import_input(command, Input(source), using, options)
+        if not options.skip_housekeeping:
+            summary.phases += with_retries(using, options.retries, lambda: housekeeping(
+                using, skip_calc=options.skip_calc, batch_size=options.batch_size))
     summary.elapsed = time.monotonic() - started
     return summary
 
@@ -1794,18 +1876,9 @@ def confirm_clear(command: str, options: "ImportOptions", warning: str = ""):
         "state", "states")
     if warning:
         print(warning, file=sys.stderr)
-    if options.yes:
-        return
-    try:
-        with open("/dev/tty", "r+") as tty:  # stdin may be the dump
-            tty.write(f"Empty {tables} and import? [y/N] ")
-            tty.flush()
-            answer = tty.readline().strip().lower()
-    except OSError:
-        raise UsageError(f"--clear empties {tables} and asks for confirmation on a terminal, "
-                         "and there is none: add --yes to run it unattended") from None
-    if answer not in ("y", "yes"):
-        raise UsageError("not confirmed: nothing was changed")
+    confirm(f"Empty {tables} and import? [y/N] ", options.yes,
+            f"--clear empties {tables} and asks for confirmation on a terminal, "
+            "and there is none: add --yes to run it unattended")
 
 
 def clear_tables(command: str, using: str):
@@ -1856,23 +1929,20 @@ class FastLoad:
         self._phase("drop indexes", lambda: self._indexes(drop=True))
         writer.start_fast(tables)
         try:
-            summary = self._phase("load", lambda: _import_input(
-                self.command, Input(self.source), self.using, self.options))
+            summary = _import_input(self.command, Input(self.source), self.using, self.options)
         finally:
             self._phase("crash safety back", lambda: writer.end_fast(tables))
-        self._phase("build indexes", lambda: self._indexes(drop=False))
-        self._phase("verify unique levels", self._verify_unique)
-        self._phase("ground states", lambda: update_ground_states(self.using))
-        summary.details += [(f"  {name}", f"{seconds:.2f} s") for name, seconds in self.phases]
+        self._phase("indexes", lambda: self._indexes(drop=False))
+        self._phase("verify", self._verify_unique)
+        summary.phases = self.phases[:2] + summary.phases + self.phases[2:]
         return summary
 
     def _phase(self, name, work):
         started = time.monotonic()
-        result = work()
-        self.phases.append((name, time.monotonic() - started))
-        return result
+        rows = work()
+        self.phases.append((name, rows, time.monotonic() - started))
 
-    def _indexes(self, drop: bool):
+    def _indexes(self, drop: bool) -> int:
         """Drop or build the models' secondary indexes (not the unique constraints)."""
         with connections[self.using].schema_editor() as editor:
             for model in self.models:
@@ -1880,15 +1950,16 @@ class FastLoad:
                     # the index's own SQL: editor.remove_index would add an index on
                     # MySQL for a foreign key these tables do not enforce
                     editor.execute((index.remove_sql if drop else index.create_sql)(model, editor))
+        return sum(len(model._meta.indexes) for model in self.models)
 
-    def _verify_unique(self):
-        from django.db.models import Count
-        from node_atom.models import State
-        duplicates = (State.objects.using(self.using).values("species_id", "energy_scaled", "J_scaled")
-                      .annotate(n=Count("id")).filter(n__gt=1))
-        if duplicates.exists():
-            raise ValdImportError(f"{duplicates.count():,} levels are stored twice after the "
+    def _verify_unique(self) -> int:
+        """Levels checked: none may be stored twice."""
+        duplicates = duplicate_levels(self.using)
+        if duplicates:
+            raise ValdImportError(f"{duplicates:,} levels are stored twice after the "
                                   "--fast load: rerun it with --fast --clear, or without --fast")
+        from node_atom.models import State
+        return State.objects.using(self.using).count()
 
 
 def _import_input(command, inp, using, options) -> Summary:
@@ -1972,6 +2043,8 @@ class BatchImport:
         self.rejects = RejectFile(ledger.reject_path())
         self.tally = Tally()
         self.resumed_with = 0  # records the run had when this invocation took it over
+        self.seconds, self.rows = Counter(), Counter()  # per phase, this invocation
+        self.started = time.monotonic()
 
     def run(self) -> Summary:
         prefix_lines, stop_at = 0, self.ledger.skip_to
@@ -1984,13 +2057,13 @@ class BatchImport:
             else:
                 for batch in batches:  # re-reading what an earlier run committed
                     prefix_lines += len(batch.lines)
-                    _advance(progress, self.inp, batch)
+                    _advance(progress, self.inp)
                     if batch.end_offset == stop_at:
                         self._continue_after(batch, prefix_lines)
                         break
             for batch, parsed in parsed_batches(batches, self.config, self.options):
                 self._import(batch, parsed)
-                _advance(progress, self.inp, batch)
+                _advance(progress, self.inp, parsed.records, self._progress_note())
         finally:
             progress.close()
             self.rejects.close()
@@ -1998,6 +2071,13 @@ class BatchImport:
         if self.ledger.run is None:  # the input ended inside an earlier run's committed prefix
             raise PrefixMismatch(self.ledger.candidate.committed_line)
         return self._finish()
+
+    def _progress_note(self) -> str:
+        records = self.tally.imported + self.tally.rejected - self.resumed_with
+        rate = records / max(time.monotonic() - self.started, 1e-9)
+        hits = self.cache.hits + self.cache.misses
+        return (f"{rate:,.0f} records/s, {self.rows['levels']:,} new levels"
+                + (f", cache {self.cache.hit_rate:.0%} hits" if hits else ""))
 
     def _retrying(self, work, already_done=None):
         return with_retries(self.using, self.options.retries, work, already_done,
@@ -2029,8 +2109,13 @@ class BatchImport:
             run = self.ledger.reload()
             return Tally.from_run(run) if run.committed_bytes >= batch.end_offset else None
 
-        added = self.tally.rejected
+        before = self.tally
         self.tally = self._retrying(work, already_done)
+        added = before.rejected
+        self.seconds["parse"] += parsed.seconds
+        self.rows.update(parse=parsed.records + len(parsed.rejects),
+                         levels=self.tally.states_new - before.states_new,
+                         transitions=self.tally.transitions - before.transitions)
         limit = self.options.max_errors
         if limit and self.tally.rejected >= limit and self.tally.rejected > added:
             raise RunStopped(f"stopped after {self.tally.rejected:,} rejected lines (--max-errors "
@@ -2081,6 +2166,7 @@ class BatchImport:
         """
         cursor = self.writer.cursor()
         run_id = self.ledger.run.id
+        started = time.monotonic()
         ids, unknown = {}, []
         for key in keys:
             state_id = self.cache.get(key)
@@ -2103,9 +2189,12 @@ class BatchImport:
                 ids.update(fetched)
             learned = {k: ids[k] for k in unknown}
             transaction.on_commit(lambda: self.cache.update(learned), using=self.using)
+        levels_done = time.monotonic()
+        self.seconds["levels"] += levels_done - started
         if self.command not in WRITES_TRANSITIONS:
             return new, existing, 0
         self.writer.insert_transitions(cursor, records, ids, run_id)
+        self.seconds["transitions"] += time.monotonic() - levels_done
         return new, existing, len(records)
 
     def _finish(self) -> Summary:
@@ -2125,7 +2214,10 @@ class BatchImport:
                        reject_file=self.rejects.path if tally.rejected else None,
                        cache_hit_rate=self.cache.hit_rate if self.cache.hits + self.cache.misses else None,
                        retried=self.ledger.retried,
-                       records_now=tally.imported + tally.rejected - self.resumed_with)
+                       records_now=tally.imported + tally.rejected - self.resumed_with,
+                       phases=[(name, self.rows[name], self.seconds[name]) for name in
+                               ("parse", "levels", "transitions")[:3 if self.command in
+                                                                   WRITES_TRANSITIONS else 2]])
 
 
 def _keys_of(records) -> list:
@@ -2201,7 +2293,7 @@ def _dry_run(command, inp, using, options) -> Summary:
         for batch, parsed in parsed_batches(read_batches(inp.lines(), options.batch_size), config, options):
             rejects.write(parsed.rejects)
             tally.add(len(batch.lines), parsed)
-            _advance(progress, inp, batch)
+            _advance(progress, inp, parsed.records)
     finally:
         progress.close()
         rejects.close()
@@ -2217,13 +2309,17 @@ def _progress_bar(inp, options):
     if inp.size:
         return tqdm(total=inp.size, unit="B", unit_scale=True, disable=not enabled,
                     file=sys.stderr, desc=os.path.basename(inp.name))
-    return tqdm(unit=" lines", unit_scale=True, disable=not enabled, file=sys.stderr, desc="stdin")
+    return tqdm(unit=" records", unit_scale=True, disable=not enabled, file=sys.stderr, desc="stdin")
 
 
-def _advance(progress, inp, batch):
+def _advance(progress, inp, records: int = 0, note: str = ""):
+    """Move the bar: bytes of a file as read from disk (compressed: so the ETA holds),
+    records of standard input."""
     if progress.disable:
         return
-    progress.update(inp.position() - progress.n if inp.size else len(batch.lines))
+    if note:
+        progress.set_postfix_str(note, refresh=False)
+    progress.update(inp.position() - progress.n if inp.size else records)
 
 
 def _one_line(error) -> str:
@@ -2533,8 +2629,450 @@ def update_ground_states(using: str = DEFAULT_DB_ALIAS) -> int:
             f"UPDATE {q('species')} SET {q('ground_state_id')} = "
             f"(SELECT s.id FROM {q('states')} s WHERE s.{q('species_id')} = {q('species')}.id "
             f"ORDER BY s.{q('energy_scaled')}, s.id LIMIT 1) "
-            f"WHERE EXISTS (SELECT 1 FROM {q('states')} s WHERE s.{q('species_id')} = {q('species')}.id)")
+            f"WHERE {q('ground_state_id')} IS NOT NULL "
+            f"OR EXISTS (SELECT 1 FROM {q('states')} s WHERE s.{q('species_id')} = {q('species')}.id)")
         return cursor.rowcount
+
+
+def housekeeping(using: str = DEFAULT_DB_ALIAS, *, skip_calc: bool = False,
+                 batch_size: int = 10_000) -> list:
+    """After an import: ground states, Einstein A still missing, planner statistics.
+
+    Returns the phases (name, rows, seconds).
+    """
+    phases = []
+    for name, work in (("ground states", lambda: update_ground_states(using)),
+                       ("derived values", lambda: 0 if skip_calc else fill_einstein_a(using, batch_size)),
+                       ("statistics", lambda: analyze_tables(using))):
+        started = time.monotonic()
+        rows = work()
+        phases.append((name, rows, time.monotonic() - started))
+    return phases
+
+
+def fill_einstein_a(using: str = DEFAULT_DB_ALIAS, batch_size: int = 10_000) -> int:
+    """Compute Einstein A where it is missing and computable, a batch of rows at a time."""
+    q = connections[using].ops.quote_name
+    select = (f"SELECT t.id, t.loggf, u.{q('J_scaled')}, t.wave FROM transitions t "
+              f"JOIN states u ON u.id = t.upstate WHERE {missing_einstein_a(q)} AND t.id > %s "
+              "ORDER BY t.id LIMIT %s")
+    filled, last = 0, 0
+    while True:
+        with transaction.atomic(using=using), connections[using].cursor() as cursor:
+            cursor.execute(select, [last, batch_size])
+            rows = cursor.fetchall()
+            if not rows:
+                return filled
+            last = rows[-1][0]
+            values = []
+            for row_id, loggf, j_scaled, wave in rows:
+                try:
+                    values.append((einstein_a(str(loggf), j_scaled, str(wave)), row_id))
+                except RejectedLine:  # overflows: left empty
+                    pass
+            cursor.executemany("UPDATE transitions SET einsteina = %s WHERE id = %s", values)
+            filled += len(values)
+
+
+def missing_einstein_a(q) -> str:
+    """SQL: transition t (upper level u) has no Einstein A though einstein_a() would give one."""
+    return f"t.einsteina IS NULL AND t.loggf IS NOT NULL AND u.{q('J_scaled')} >= 0 AND t.wave <> 0"
+
+
+def analyze_tables(using: str = DEFAULT_DB_ALIAS) -> int:
+    """Refresh the query planner's statistics of the VALD tables; returns the tables analysed."""
+    tables = ("species", "states", "transitions")
+    with connections[using].cursor() as cursor:
+        for statement in Writer.for_alias(using).analyze_sql(tables):
+            cursor.execute(statement)
+            if cursor.description:
+                cursor.fetchall()
+    return len(tables)
+
+
+def duplicate_levels(using: str = DEFAULT_DB_ALIAS) -> int:
+    """Level rows beyond the first for one (species, energy, J)."""
+    q = connections[using].ops.quote_name
+    return _scalar(using, "SELECT COALESCE(SUM(n - 1), 0) FROM (SELECT COUNT(*) AS n FROM states "
+                          f"GROUP BY species_id, energy, {q('J')} HAVING COUNT(*) > 1) d")
+
+
+def _scalar(using, sql, params=()):
+    with connections[using].cursor() as cursor:
+        cursor.execute(sql, params)
+        return int(cursor.fetchone()[0] or 0)
+
+
+# Verify ----------------------------------------------------------------------
+
+@dataclass
+class Check:
+    name: str
+    count: int
+    fix: str = ""  # what to do about it, shown when the check fails
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.count == 0
+
+
+@dataclass
+class Report:
+    """What an operation found or did: ``table()`` for people, ``as_dict()`` for scripts."""
+
+    title: str
+    columns: tuple
+    rows: list
+    verdict: str = ""
+    ok: bool = True
+    data: object = None  # the JSON form of the rows, when not just rows by column
+
+    def table(self) -> str:
+        body = format_table(self.columns, self.rows) if self.rows else ("  (none)" if self.columns else "")
+        return "\n".join(part for part in (self.title, body, self.verdict) if part)
+
+    def as_dict(self) -> dict:
+        rows = self.data if self.data is not None else [dict(zip(self.columns, r)) for r in self.rows]
+        return {"title": self.title, "ok": self.ok, "verdict": self.verdict, "rows": rows}
+
+
+def verify(using: str = DEFAULT_DB_ALIAS, *, dump: str | None = None, skip_header: int = 2,
+           workers: int | None = None) -> Report:
+    """Check the database: links, uniqueness, derived values, indexes, and the dump's counts."""
+    checks = database_checks(using)
+    checks.append(index_check(using))
+    if dump is not None:
+        checks.append(dump_check(using, dump, skip_header, workers))
+    failed = [c for c in checks if not c.ok]
+    rows = [(c.name, f"{c.count:,}", "ok" if c.ok else "FAILED" + (f": {c.detail}" if c.detail else "")
+             + (f" ({c.fix})" if c.fix else "")) for c in checks]
+    verdict = (f"all {len(checks)} checks passed" if not failed
+               else f"{len(failed)} of {len(checks)} checks failed: "
+                    + ", ".join(c.name for c in failed))
+    data = [dict(check=c.name, count=c.count, ok=c.ok, detail=c.detail, fix=c.fix) for c in checks]
+    return Report(f"verify: {describe_database(using)}", ("check", "count", "verdict"), rows,
+                  verdict, not failed, data)
+
+
+def database_checks(using: str) -> list[Check]:
+    """The checks that need only the database, each one SQL count."""
+    writer = Writer.for_alias(using)
+    q, real = writer.q, writer.float_type
+    j, j_scaled = q("J"), q("J_scaled")
+
+    def num(column):
+        return f"CAST({column} AS {real})"
+    ritz_off = (f"ABS({num('t.waveritz')} - 100000000.0 / ABS({num('u.energy')} - {num('l.energy')})) "
+                f"> {num('t.waveritz')} * {num('t.waveritz')} * 1e-12 + 1e-5")
+    queries = [
+        ("transitions whose upper level is missing", "rollback the run that stored them, or reimport",
+         "SELECT COUNT(*) FROM transitions t WHERE NOT EXISTS "
+         "(SELECT 1 FROM states s WHERE s.id = t.upstate)", ()),
+        ("transitions whose lower level is missing", "rollback the run that stored them, or reimport",
+         "SELECT COUNT(*) FROM transitions t WHERE NOT EXISTS "
+         "(SELECT 1 FROM states s WHERE s.id = t.lostate)", ()),
+        ("transitions whose species is missing", "import-species",
+         "SELECT COUNT(*) FROM transitions t WHERE NOT EXISTS "
+         "(SELECT 1 FROM species sp WHERE sp.id = t.species_id)", ()),
+        ("levels whose species is missing", "import-species",
+         "SELECT COUNT(*) FROM states s WHERE NOT EXISTS "
+         "(SELECT 1 FROM species sp WHERE sp.id = s.species_id)", ()),
+        ("levels stored twice (species, energy, J)", "check-indexes --fix after removing the copies",
+         None, ()),
+        ("levels whose key disagrees with energy or J", "reimport these levels",
+         f"SELECT COUNT(*) FROM states WHERE energy_scaled <> ROUND(energy * 10000) OR "
+         f"{j_scaled} <> CASE WHEN {j} IS NULL THEN -1 ELSE ROUND({j} * 10) END", ()),
+        ("levels used by no transition", "import-transitions, or rollback the run that stored them",
+         f"SELECT COUNT(*) FROM states s WHERE {writer.unused_level('s')}", ()),
+        ("Einstein A missing where computable", "housekeeping",
+         "SELECT COUNT(*) FROM transitions t JOIN states u ON u.id = t.upstate WHERE "
+         + missing_einstein_a(q), ()),
+        ("species whose ground state is not their lowest level", "housekeeping",
+         "SELECT COUNT(*) FROM species sp WHERE EXISTS "
+         "(SELECT 1 FROM states s WHERE s.species_id = sp.id) AND NOT EXISTS "
+         "(SELECT 1 FROM states g WHERE g.id = sp.ground_state_id AND g.species_id = sp.id "
+         "AND g.energy_scaled = (SELECT MIN(m.energy_scaled) FROM states m WHERE m.species_id = sp.id))",
+         ()),
+        ("Ritz wavelengths that disagree with level energies", "",
+         "SELECT COUNT(*) FROM transitions t JOIN states u ON u.id = t.upstate "
+         "JOIN states l ON l.id = t.lostate WHERE t.autoionized = %s AND t.waveritz IS NOT NULL "
+         f"AND u.energy_scaled <> l.energy_scaled AND {ritz_off}", (False,)),
+    ]
+    return [Check(name, duplicate_levels(using) if sql is None else _scalar(using, sql, params), fix)
+            for name, fix, sql, params in queries]
+
+
+# Indexes ---------------------------------------------------------------------
+
+@dataclass
+class DeclaredIndex:
+    """An index or unique constraint the models declare, and how to create it."""
+
+    model: type
+    name: str
+    columns: tuple
+    unique: bool
+    create: object  # editor -> None
+    implicit: bool = False  # a field's own index: any index starting with its column serves
+
+    def served_by(self, columns: tuple, unique: bool) -> bool:
+        if self.unique and not unique:
+            return False
+        return columns[:len(self.columns)] == self.columns if self.implicit else columns == self.columns
+
+    @property
+    def table(self) -> str:
+        return self.model._meta.db_table
+
+
+def declared_indexes() -> list[DeclaredIndex]:
+    """Every secondary index and unique constraint of the node_common and node_atom models."""
+    from django.apps import apps
+    from django.db.models import UniqueConstraint
+    declared = []
+    for label in ("node_common", "node_atom"):
+        for model in apps.get_app_config(label).get_models():
+            meta = model._meta
+
+            def columns(names, meta=meta):
+                return tuple(meta.get_field(n.lstrip("-")).column for n in names)
+            for index in meta.indexes:
+                declared.append(DeclaredIndex(model, index.name, columns(index.fields), False,
+                                              lambda e, i=index, m=model: e.add_index(m, i)))
+            for constraint in meta.constraints:
+                if isinstance(constraint, UniqueConstraint) and constraint.fields:
+                    declared.append(DeclaredIndex(model, constraint.name, columns(constraint.fields), True,
+                                                  lambda e, c=constraint, m=model: e.add_constraint(m, c)))
+            for f in meta.local_concrete_fields:
+                if f.primary_key or not (f.db_index or f.unique):
+                    continue
+                declared.append(DeclaredIndex(
+                    model, f"{meta.db_table}.{f.column}", (f.column,), f.unique,
+                    lambda e, f=f, m=model: e.execute(
+                        e._create_unique_sql(m, [f]) if f.unique else e._create_index_sql(m, fields=[f])),
+                    implicit=not f.unique))
+    return declared
+
+
+def missing_indexes(using: str = DEFAULT_DB_ALIAS) -> list[DeclaredIndex]:
+    """Declared indexes with no live index (or unique constraint) on the same columns."""
+    connection = connections[using]
+    live = {}
+    with connection.cursor() as cursor:
+        for table in {d.table for d in declared_indexes()}:
+            live[table] = [(tuple(c["columns"]), c["unique"])
+                           for c in connection.introspection.get_constraints(cursor, table).values()
+                           if c["index"] or c["unique"]]
+    return [d for d in declared_indexes()
+            if not any(d.served_by(columns, unique) for columns, unique in live[d.table])]
+
+
+def index_check(using: str) -> Check:
+    missing = missing_indexes(using)
+    return Check("declared indexes and constraints missing", len(missing), "check-indexes --fix",
+                 ", ".join(d.name for d in missing))
+
+
+def check_indexes(using: str = DEFAULT_DB_ALIAS, *, fix: bool = False) -> Report:
+    """The declared indexes and whether they exist; with ``fix``, create the missing ones."""
+    missing = {d.name for d in missing_indexes(using)}
+    declared = declared_indexes()
+    if fix and missing:
+        with connections[using].schema_editor() as editor:
+            for d in declared:
+                if d.name in missing:
+                    d.create(editor)
+    status = "created" if fix else "MISSING"
+    rows = [(d.table, d.name, ", ".join(d.columns), "unique" if d.unique else "",
+             status if d.name in missing else "present") for d in declared]
+    if not missing:
+        verdict = f"all {len(declared)} declared indexes and constraints are present"
+    elif fix:
+        verdict = f"created {len(missing)} missing: " + ", ".join(sorted(missing))
+    else:
+        verdict = (f"{len(missing)} of {len(declared)} missing: " + ", ".join(sorted(missing))
+                   + "; run check-indexes --fix to create them")
+    return Report(f"check-indexes: {describe_database(using)}",
+                  ("table", "index", "columns", "kind", "status"), rows, verdict, fix or not missing)
+
+
+# Verify against the dump -----------------------------------------------------
+
+def dump_check(using: str, dump: str, skip_header: int = 2, workers: int | None = None) -> Check:
+    """Per species: the dump's data lines (less those the database refused) = transitions stored."""
+    inp = Input(dump)
+    runs = _runs_of_input(using, inp)
+    skip_calc = bool(runs and runs[-1].options.get("skip_calc"))
+    expected = dump_species_counts(inp, skip_header, skip_calc, workers)
+    expected.subtract(refused_species_counts(runs))
+    with connections[using].cursor() as cursor:
+        cursor.execute("SELECT species_id, COUNT(*) FROM transitions GROUP BY species_id")
+        stored = dict(cursor.fetchall())
+    differ = [(sp, n, stored.get(sp, 0)) for sp, n in sorted(expected.items()) if stored.get(sp, 0) != n]
+    shown = "; ".join(f"species {sp}: dump {n:,}, stored {m:,}" for sp, n, m in differ[:5])
+    more = f" and {len(differ) - 5} more" if len(differ) > 5 else ""
+    return Check(f"species whose transitions differ from {os.path.basename(inp.name)}", len(differ),
+                 "import it (again), or rollback the runs that doubled it", shown + more)
+
+
+def _runs_of_input(using, inp) -> list:
+    """The transition runs (not rolled back) whose input starts like ``inp``, oldest first."""
+    from node_common.models import ImportRun
+    runs = (ImportRun.objects.using(using).filter(command__in=WRITES_TRANSITIONS)
+            .exclude(status=ImportRun.ROLLED_BACK).order_by("id"))
+    return [r for r in runs if inp.head_matches(r.head_bytes, r.input_head)]
+
+
+def dump_species_counts(inp: Input, skip_header: int, skip_calc: bool, workers) -> Counter:
+    """Records the importer would store, per species."""
+    counts = Counter()
+    config = ParseConfig(skip_header, skip_calc, rows=None)
+    options = ImportOptions(workers=workers)
+    for _, parsed in parsed_batches(read_batches(inp.lines(), options.batch_size), config, options):
+        counts.update(key_parts(lower)[0] for _, lower, _, _ in parsed.transitions)
+    return counts
+
+
+def refused_species_counts(runs) -> Counter:
+    """Per species, the lines these runs' reject files say the database refused."""
+    counts, seen = Counter(), set()
+    field_def = DATA_FIELDS[F["species_id"]]
+    for run in runs:
+        path = run.options.get("reject_file")
+        if not path or not os.path.exists(path):
+            continue
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                number, reason, raw = (line.rstrip("\n").split("\t", 2) + ["", ""])[:3]
+                if reason.startswith("refused by the database") and number not in seen:
+                    seen.add(number)
+                    counts[int(raw[field_def.start:field_def.end])] += 1
+    return counts
+
+
+# Runs and rollback -----------------------------------------------------------
+
+def list_runs(using: str = DEFAULT_DB_ALIAS, *, limit: int | None = None) -> Report:
+    """The import runs, newest last."""
+    from node_common.models import ImportRun
+    runs = list(ImportRun.objects.using(using).order_by("-id")[:limit] if limit
+                else ImportRun.objects.using(using).order_by("-id"))[::-1]
+    rows = [(r.id, r.command, r.input_name, r.started_at.strftime("%Y-%m-%d %H:%M:%S"),
+             _duration(r), run_status(r), f"{r.lines_read:,}", f"{r.imported:,}", f"{r.rejected:,}",
+             f"{r.skipped:,}", f"{r.resumed_from_line:,}" if r.resumed_from_line else "")
+            for r in runs]
+    data = [dict(id=r.id, command=r.command, input=r.input_name, started=r.started_at.isoformat(),
+                 seconds=_seconds(r), status=run_status(r), lines_read=r.lines_read,
+                 imported=r.imported, rejected=r.rejected, skipped=r.skipped,
+                 resumed_from_line=r.resumed_from_line, continues_run=r.continues_run_id,
+                 message=r.message) for r in runs]
+    return Report(f"runs: {describe_database(using)}",
+                  ("id", "command", "input", "started (UTC)", "duration", "status", "read",
+                   "imported", "rejected", "skipped", "resumed from"), rows, data=data)
+
+
+def run_status(run) -> str:
+    """The run's status, "interrupted" for a running run whose process is gone."""
+    if run.status == run.RUNNING and run.host == _host() and run.pid != os.getpid():
+        try:
+            os.kill(run.pid, 0)
+        except ProcessLookupError:
+            return "interrupted"
+        except (PermissionError, TypeError):
+            pass
+    return run.status
+
+
+def _seconds(run) -> float:
+    return round(((run.finished_at or run.updated_at) - run.started_at).total_seconds(), 3)
+
+
+def _duration(run) -> str:
+    seconds = _seconds(run)
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, seconds = divmod(int(seconds), 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min {seconds:02d} s"
+
+
+def rollback_run(using: str = DEFAULT_DB_ALIAS, run_id: int = 0, *, yes: bool = False) -> Report:
+    """Remove the transitions of a run and the levels it stored that no transition uses."""
+    from node_common.models import ImportRun
+    run = _run_to_roll_back(using, run_id)
+    confirm(f"Delete the transitions and unused levels of run {run.id} ({run.command} "
+            f"{run.input_name}, {run.imported:,} records)? [y/N] ", yes,
+            "rollback asks for confirmation on a terminal, and there is none: add --yes")
+    writer = Writer.for_alias(using)
+    with transaction.atomic(using=using), connections[using].cursor() as cursor:
+        cursor.execute("DELETE FROM transitions WHERE run_id = %s", [run.id])
+        transitions = cursor.rowcount
+        ImportRun.objects.using(using).filter(pk=run.id).update(
+            status=ImportRun.ROLLED_BACK, updated_at=_now(), message=f"rolled back at {_now():%Y-%m-%d %H:%M:%S}")
+        # levels of this run, and those left behind by earlier rollbacks, that nothing uses now
+        gone = list(ImportRun.objects.using(using).filter(status=ImportRun.ROLLED_BACK)
+                    .values_list("id", flat=True))
+        marks = ", ".join(["%s"] * len(gone))
+        cursor.execute(f"DELETE FROM states WHERE run_id IN ({marks}) AND "
+                       f"{writer.unused_level('states')}", gone)
+        levels = cursor.rowcount
+        species = _delete_placeholder_species(using, cursor, (run.counts or {}).get("species_created", []))
+        update_ground_states(using)
+    rows = [("transitions deleted", f"{transitions:,}"), ("levels deleted", f"{levels:,}"),
+            ("placeholder species deleted", f"{species:,}")]
+    return Report(f"rollback: run {run.id} rolled back ({run.command} {run.input_name})",
+                  ("removed", "rows"), rows)
+
+
+def _run_to_roll_back(using, run_id):
+    from node_common.models import ImportRun
+    run = ImportRun.objects.using(using).filter(pk=run_id).first()
+    if run is None:
+        raise UsageError(f"there is no run {run_id}: see the list of runs (runs)")
+    if run.command not in COMMANDS:
+        raise UsageError(f"run {run.id} is {run.command}: only import runs can be rolled back "
+                         "(species, line lists and references are upserted; import them again)")
+    if run.status == ImportRun.ROLLED_BACK:
+        raise UsageError(f"run {run.id} is already rolled back")
+    if run.status == ImportRun.RUNNING:
+        _refuse_if_alive(run)
+        if run.host != _host():
+            raise UsageError(f"run {run.id} is running on {run.host} (pid {run.pid}); "
+                             "stop it there first, or let it finish")
+    later = (ImportRun.objects.using(using).filter(continues_run=run.id)
+             .exclude(status=ImportRun.ROLLED_BACK).values_list("id", flat=True))
+    if later:
+        raise UsageError(f"run {later[0]} continues run {run.id} (it imported the rest of the same "
+                         f"input): roll back run {later[0]} first")
+    return run
+
+
+def _delete_placeholder_species(using, cursor, ids) -> int:
+    """Placeholder species (no name) among ``ids`` that no level or transition refers to."""
+    if not ids:
+        return 0
+    marks = ", ".join(["%s"] * len(ids))
+    cursor.execute(f"DELETE FROM species WHERE id IN ({marks}) AND name IS NULL "
+                   "AND NOT EXISTS (SELECT 1 FROM states s WHERE s.species_id = species.id) "
+                   "AND NOT EXISTS (SELECT 1 FROM transitions t WHERE t.species_id = species.id) "
+                   "AND NOT EXISTS (SELECT 1 FROM species_components c "
+                   "WHERE c.atom_id = species.id OR c.molecule_id = species.id)", list(ids))
+    return cursor.rowcount
+
+
+def confirm(question: str, yes: bool, refusal: str):
+    """Ask on the terminal (stdin may be the dump), unless ``yes``; refuse without one."""
+    if yes:
+        return
+    try:
+        with open("/dev/tty", "r+") as tty:
+            tty.write(question)
+            tty.flush()
+            answer = tty.readline().strip().lower()
+    except OSError:
+        raise UsageError(refusal) from None
+    if answer not in ("y", "yes"):
+        raise UsageError("not confirmed: nothing was changed")
 
 
 # ------------------------------------------------------------------- CLI ----
@@ -2601,7 +3139,15 @@ def run_command(command: str, source: str = "-", *, using: str = DEFAULT_DB_ALIA
                 options: ImportOptions | None = None) -> Summary:
     """Run any import command by its CLI name."""
     run = run_companion if command in COMPANIONS else run_import
-    return run(command, source, using=using, options=options)
+    if options is not None and options.summary_json:
+        folder = os.path.dirname(os.path.abspath(options.summary_json))
+        if not os.access(folder, os.W_OK):
+            raise UsageError(f"cannot write the summary to {options.summary_json}: no writable "
+                             f"folder {folder}; give a writable --summary-json path")
+    summary = run(command, source, using=using, options=options)
+    if options is not None and options.summary_json:
+        summary.write_json(options.summary_json)
+    return summary
 
 
 def add_import_arguments(parser, companion: bool = False):
@@ -2612,6 +3158,8 @@ def add_import_arguments(parser, companion: bool = False):
                         help="where rejected lines go (default: INPUT.rejects, or "
                              "stdin.rejects in the working directory)")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    parser.add_argument("--summary-json", metavar="PATH",
+                        help="also write the summary, with its phases, as JSON to PATH")
     if companion:
         return
     parser.add_argument("--batch-size", type=positive_int, default=10_000, metavar="N",
@@ -2640,6 +3188,69 @@ def add_import_arguments(parser, companion: bool = False):
     parser.add_argument("--clear", action="store_true",
                         help="empty the tables this command fills (and their runs) first")
     parser.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    parser.add_argument("--skip-housekeeping", action="store_true",
+                        help="leave out the housekeeping after the import (ground states, missing "
+                             "Einstein A, statistics); run the housekeeping command later")
+
+
+OPERATIONS = {
+    "verify": "check the database: links, duplicates, derived values, indexes; --file: the dump's counts",
+    "check-indexes": "list the declared indexes and constraints missing from the database; --fix creates them",
+    "runs": "list the import runs",
+    "rollback": "remove the transitions of a run and the levels no other transition uses",
+    "housekeeping": "ground states, missing Einstein A and planner statistics, after imports",
+}
+
+
+def add_operation_arguments(parser, command: str):
+    """The options of the operations, in the CLI and in Django."""
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    if command == "verify":
+        parser.add_argument("--file", "-f", metavar="DUMP",
+                            help="also compare the transitions per species with this dump")
+        parser.add_argument("--skip-header", type=non_negative_int, default=2, metavar="N",
+                            help="header lines at the top of the dump (default: 2)")
+        parser.add_argument("--workers", type=non_negative_int, metavar="N",
+                            help="processes that parse the dump (default: cores - 1)")
+    elif command == "check-indexes":
+        parser.add_argument("--fix", action="store_true", help="create the missing ones")
+    elif command == "runs":
+        parser.add_argument("--limit", type=positive_int, metavar="N", help="only the last N runs")
+    elif command == "rollback":
+        parser.add_argument("--run", type=positive_int, required=True, metavar="ID",
+                            help="the run to roll back (see the runs command)")
+        parser.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    elif command == "housekeeping":
+        parser.add_argument("--skip-calc", action="store_true", help="do not compute missing Einstein A")
+        parser.add_argument("--batch-size", type=positive_int, default=10_000, metavar="N",
+                            help="rows per transaction when computing Einstein A (default: 10000)")
+
+
+def run_operation(command: str, using: str = DEFAULT_DB_ALIAS, options: dict | None = None) -> Report:
+    """Run an operation by its CLI name with its options (as parsed); returns its report."""
+    options = options or {}
+    prepare_database(using)
+    if command == "verify":
+        return verify(using, dump=options.get("file"), skip_header=options.get("skip_header", 2),
+                      workers=options.get("workers"))
+    if command == "check-indexes":
+        return check_indexes(using, fix=options.get("fix", False))
+    if command == "runs":
+        return list_runs(using, limit=options.get("limit"))
+    if command == "rollback":
+        return rollback_run(using, options["run"], yes=options.get("yes", False))
+    if command == "housekeeping":
+        started = time.monotonic()
+        phases = housekeeping(using, skip_calc=options.get("skip_calc", False),
+                              batch_size=options.get("batch_size", 10_000))
+        return Report(f"housekeeping: {describe_database(using)}", (), [], phase_table(
+            phases, None, time.monotonic() - started), data=[dict(phase=n, rows=r, seconds=round(t, 3))
+                                                            for n, r, t in phases])
+    raise UsageError(f"unknown command {command!r}")
+
+
+def report_text(report: Report, as_json: bool) -> str:
+    return json.dumps(report.as_dict(), indent=2, default=str) if as_json else report.table()
 
 
 class ImportCommand(BaseCommand):
@@ -2669,6 +3280,30 @@ class ImportCommand(BaseCommand):
                                returncode=EXIT_REJECTED)
 
 
+class OperationCommand(BaseCommand):
+    """Base of the Django commands verify, check_indexes, runs, rollback, housekeeping."""
+
+    command = None
+
+    @property
+    def help(self):
+        return OPERATIONS[self.command]
+
+    def add_arguments(self, parser):
+        add_operation_arguments(parser, self.command)
+        parser.add_argument("--database", default=DEFAULT_DB_ALIAS,
+                            help="the database alias (default: default)")
+
+    def handle(self, *args, **options):
+        try:
+            report = run_operation(self.command, options["database"], options)
+        except ValdImportError as error:
+            raise CommandError(str(error), returncode=error.exit_code) from error
+        self.stdout.write(report_text(report, options["json"]))
+        if not report.ok:
+            raise CommandError(report.verdict, returncode=EXIT_FAILED)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="valdimport.py", description="Load a VALD line dump into a VAMDC node database.",
@@ -2682,6 +3317,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_text in {**COMMANDS, **COMPANIONS}.items():
         add_import_arguments(commands.add_parser(name, help=help_text, description=help_text),
                              companion=name in COMPANIONS)
+    for name, help_text in OPERATIONS.items():
+        add_operation_arguments(commands.add_parser(name, help=help_text, description=help_text), name)
     return parser
 
 
@@ -2689,6 +3326,10 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         configure_django(args.database_url)
+        if args.command in OPERATIONS:
+            report = run_operation(args.command, DEFAULT_DB_ALIAS, vars(args))
+            print(report_text(report, args.json))
+            return EXIT_OK if report.ok else EXIT_FAILED
         summary = run_command(args.command, args.file, options=ImportOptions.from_mapping(vars(args)))
     except ValdImportError as error:
         return _fail(args, error, error.exit_code)

@@ -103,6 +103,8 @@ def summary_rows(text):
     """The summary table printed by a command, as {label: value}."""
     rows = {}
     for line in text.splitlines()[1:]:
+        if not line.strip():  # the phase table follows
+            break
         label, _, value = line.strip().partition("  ")
         rows[label] = value.strip()
     return rows

@@ -1,0 +1,5 @@
+from valdimport import OperationCommand
+
+
+class Command(OperationCommand):
+    command = "check-indexes"

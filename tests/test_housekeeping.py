@@ -1,0 +1,84 @@
+"""Housekeeping, the summary's phases and --summary-json, the progress bar."""
+import json
+
+import pytest
+
+import valdimport as vi
+from node_atom.models import State, Transition
+from node_common.models import Species
+from tests.conftest import SAMPLE, content, database_url, run_cli
+
+
+def test_housekeeping_computes_what_skip_calc_left_bit_for_bit(engine):
+    vi.import_dump(str(SAMPLE), using=engine)
+    plain = content(engine)
+    from tests.conftest import clear
+    clear(engine)
+    vi.import_dump(str(SAMPLE), using=engine, skip_calc=True)
+    assert not Transition.objects.using(engine).exclude(einsteina=None).exists()
+    assert not vi.verify(engine).ok
+    result = run_cli("housekeeping", url=database_url(engine))
+    assert result.returncode == 0, result.stderr
+    filled = Transition.objects.using(engine).exclude(einsteina=None).count()
+    assert filled > 1500
+    row = next(line.split() for line in result.stdout.decode().splitlines()
+               if line.strip().startswith("derived values"))
+    assert row[2] == f"{filled:,}"
+    assert content(engine) == plain
+    assert vi.verify(engine).ok
+
+
+def test_skip_housekeeping_defers_ground_states_to_the_command(engine):
+    summary = vi.import_dump(str(SAMPLE), using=engine, skip_housekeeping=True)
+    assert [name for name, _, _ in summary.phases] == ["parse", "levels", "transitions"]
+    assert not Species.objects.using(engine).exclude(ground_state=None).exists()
+    from django.core.management import call_command
+    call_command("housekeeping", database=engine)
+    assert Species.objects.using(engine).exclude(ground_state=None).count() == 30
+    assert vi.verify(engine).ok
+
+
+def test_the_summary_json_counts_equal_the_database(engine, tmp_path):
+    path = tmp_path / "summary.json"
+    result = run_cli("import", "--file", SAMPLE, "--summary-json", path, url=database_url(engine))
+    assert result.returncode == 0, result.stderr
+    data = json.loads(path.read_text())
+    transitions = Transition.objects.using(engine).count()
+    assert data["transitions"] == data["imported"] == transitions == 2000
+    assert data["states_new"] == State.objects.using(engine).count()
+    assert data["species_created"] == list(Species.objects.using(engine)
+                                                     .order_by("id").values_list("id", flat=True))
+    assert data["lines_read"] == data["imported"] + data["skipped"] + data["rejected"]
+    phases = {p["phase"]: p["rows"] for p in data["phases"]}
+    assert phases["transitions"] == transitions
+    assert phases["levels"] == State.objects.using(engine).count()
+    assert phases["ground states"] >= 30
+    text = result.stdout.decode()
+    assert "  phase" in text and "  total" in text
+
+
+def test_two_passes_write_their_summaries(engine, tmp_path):
+    url = database_url(engine)
+    run_cli("import-states", "--file", SAMPLE, "--summary-json", tmp_path / "1.json", url=url)
+    run_cli("import-transitions", "--file", SAMPLE, "--summary-json", tmp_path / "2.json", url=url)
+    states, transitions = (json.loads((tmp_path / f"{n}.json").read_text()) for n in (1, 2))
+    assert states["states_new"] == State.objects.using(engine).count()
+    assert [p["phase"] for p in states["phases"]][:2] == ["parse", "levels"]
+    assert transitions["states_new"] == 0
+    assert transitions["transitions"] == Transition.objects.using(engine).count()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_progress_bar_shows_bytes_rate_levels_and_hits(sqlite_only, capsys):
+    vi.import_dump(str(SAMPLE), using=sqlite_only, progress=True, batch_size=500)
+    bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    size = SAMPLE.stat().st_size
+    assert f"{size / 1000:.0f}" in bar or "kB" in bar  # compressed bytes, the file's own size
+    assert "records/s" in bar and "1,460 new levels" in bar and "% hits" in bar
+
+
+def test_a_summary_json_that_cannot_be_written_is_a_usage_error(sqlite_only, tmp_path):
+    result = run_cli("import", "--file", SAMPLE, "--summary-json", tmp_path / "no" / "s.json",
+                     url=database_url(sqlite_only))
+    assert result.returncode == 2
+    assert "cannot write the summary" in result.stderr.decode()
