@@ -1829,8 +1829,11 @@ def format_table(columns, rows, indent="  ") -> str:
     return "\n".join(lines)
 
 
+_NUMERIC_CELL = re.compile(r"-?|[\d,.]+( s|/s| min \d\d s)?")
+
+
 def _looks_numeric(text: str) -> bool:
-    return text == "" or text == "-" or text[0].isdigit()
+    return _NUMERIC_CELL.fullmatch(text) is not None
 
 
 RETRY_DELAY = 0.5  # seconds before the first retry; doubled for each further one

@@ -18,7 +18,8 @@ def test_manage_help_lists_the_commands(tmp_path):
     assert result.returncode == 0
     section = result.stdout.split("[commands]")[1]
     for command in ("import_states", "import_transitions", "import_vald", "import_species",
-                    "import_linelists", "import_references"):
+                    "import_linelists", "import_references", "verify", "check_indexes", "runs",
+                    "rollback", "housekeeping"):
         assert command in section
 
 

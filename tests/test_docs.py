@@ -27,3 +27,13 @@ def test_readme_documents_every_import_option():
     assert len(options) >= 8
     for option in options:
         assert f"`{option}" in README, option
+
+
+def test_readme_documents_every_operation_and_its_options():
+    for command in vi.OPERATIONS:
+        parser = argparse.ArgumentParser()
+        vi.add_operation_arguments(parser, command)
+        assert f"valdimport.py {command}" in README or f"`{command}" in README, command
+        for action in parser._actions:
+            if action.option_strings and action.dest != "help":
+                assert f"{action.option_strings[0]}" in README, (command, action.option_strings[0])
