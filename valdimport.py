@@ -1460,6 +1460,7 @@ class ImportOptions:
     yes: bool = False
     dry_run: bool = False
     skip_housekeeping: bool = False
+    verify: bool = False
     summary_json: str | None = None
     quiet: bool = False
     progress: bool | None = None  # None: when stderr is a terminal and not quiet
@@ -1732,6 +1733,7 @@ class Summary:
     retried: list = field(default_factory=list)  # transient database errors that were retried
     records_now: int | None = None  # records this invocation read and checked (not the run's)
     phases: list = field(default_factory=list)  # (name, rows or None, seconds)
+    verified: "Report | None" = None  # --verify
 
     def __post_init__(self):
         if self.records_now is None:
@@ -1743,13 +1745,15 @@ class Summary:
         return self.records_now / self.elapsed if self.elapsed > 0 else 0.0
 
     def as_dict(self) -> dict:
-        out = {k: v for k, v in self.__dict__.items() if k not in ("tally", "phases")}
+        out = {k: v for k, v in self.__dict__.items() if k not in ("tally", "phases", "verified")}
         row = self.tally.as_row()
         counts = row.pop("counts")
         out.update(row, skipped_by_reason=counts.pop("skipped"), **counts)
         out["rate"] = round(self.rate, 1)
         out["phases"] = [dict(phase=name, rows=rows, seconds=round(seconds, 3))
                          for name, rows, seconds in self.phases]
+        if self.verified is not None:
+            out["verify"] = self.verified.as_dict()
         return out
 
     def write_json(self, path: str):
@@ -1797,7 +1801,15 @@ class Summary:
         lines = [head] + [f"  {name:<{width}}  {value}" for name, value in rows]
         if self.phases:
             lines += ["", phase_table(self.phases, self.records_now, self.elapsed)]
+        if self.verified is not None:
+            lines += ["", self.verified.table()]
         return "\n".join(lines)
+
+    @property
+    def exit_code(self) -> int:
+        if self.verified is not None and not self.verified.ok:
+            return EXIT_FAILED
+        return EXIT_REJECTED if self.tally.rejected else EXIT_OK
 
 
 def phase_table(phases, total_rows=None, total_seconds=None) -> str:
@@ -1865,6 +1877,11 @@ def run_import(command: str, source: str = "-", *, using: str = DEFAULT_DB_ALIAS
         if not options.skip_housekeeping:
             summary.phases += with_retries(using, options.retries, lambda: housekeeping(
                 using, skip_calc=options.skip_calc, batch_size=options.batch_size))
+        if options.verify:
+            checked = time.monotonic()
+            summary.verified = verify(using, dump=None if source in ("-", None) else source,
+                                      skip_header=options.skip_header, workers=options.workers)
+            summary.phases.append(("verify", len(summary.verified.rows), time.monotonic() - checked))
     summary.elapsed = time.monotonic() - started
     return summary
 
@@ -3191,6 +3208,9 @@ def add_import_arguments(parser, companion: bool = False):
     parser.add_argument("--clear", action="store_true",
                         help="empty the tables this command fills (and their runs) first")
     parser.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    parser.add_argument("--verify", action="store_true",
+                        help="run verify at the end (with the dump's counts when it is a file); "
+                             "exit 1 when a check fails")
     parser.add_argument("--skip-housekeeping", action="store_true",
                         help="leave out the housekeeping after the import (ground states, missing "
                              "Einstein A, statistics); run the housekeeping command later")
@@ -3278,6 +3298,8 @@ class ImportCommand(BaseCommand):
         except ValdImportError as error:
             raise CommandError(str(error), returncode=error.exit_code) from error
         self.stdout.write(summary.table())
+        if summary.exit_code == EXIT_FAILED:
+            raise CommandError(summary.verified.verdict, returncode=EXIT_FAILED)
         if summary.tally.rejected:
             raise CommandError(f"{summary.tally.rejected:,} lines rejected: see {summary.reject_file}",
                                returncode=EXIT_REJECTED)
@@ -3342,7 +3364,7 @@ def main(argv=None) -> int:
     except Exception as error:
         return _fail(args, error, EXIT_FAILED, hint=" (run with -v for the traceback)")
     print(summary.table())
-    return EXIT_REJECTED if summary.tally.rejected else EXIT_OK
+    return summary.exit_code
 
 
 def _fail(args, error, code, hint=""):

@@ -53,13 +53,19 @@ def fresh_database(engine, url):
 
 
 def measured(args):
-    """Run a command; (seconds, peak RSS of all its processes in bytes, stdout)."""
+    """Run a command; (seconds, peak memory of all its processes in bytes, stdout).
+
+    The memory is the sum of the processes' PSS (proportional set size): pages the
+    processes share, such as the interpreter and libraries of the spawned parser
+    workers, count once, as they take up memory once. Summing RSS would count them
+    once per process.
+    """
     started = time.perf_counter()
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     root, peak = psutil.Process(process.pid), 0
     while process.poll() is None:
         try:
-            peak = max(peak, sum(p.memory_info().rss for p in [root] + root.children(recursive=True)))
+            peak = max(peak, sum(p.memory_full_info().pss for p in [root] + root.children(recursive=True)))
         except psutil.Error:
             pass
         time.sleep(0.05)
@@ -148,8 +154,8 @@ def main():
         cells = [next(f"{rate:,.0f} records/s, {peak / 2**20:,.0f} MB" for n, e, rate, peak in results
                       if n == name and e == engine) for engine in engines]
         lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
-    lines += ["", "Peak memory is the sum over the importer's processes (main, parser workers, "
-              "multiprocessing helper). Bare parse on one core, no database: "
+    lines += ["", "Peak memory is the largest sum, sampled every 50 ms, of the PSS of the importer's "
+              "processes (main, parser workers, multiprocessing helper). Bare parse on one core, no database: "
               + ", ".join(f"{label} {rate:,.0f} records/s" for label, rate in parse.items()) + "."]
     Path(args.output).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

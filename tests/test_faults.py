@@ -89,8 +89,11 @@ def test_when_retries_run_out_the_run_stops_and_can_be_resumed(server, tmp_path)
     kill_importer_connections(server)
     out, err = process.communicate(timeout=300)
     assert process.returncode == 1
-    assert err.startswith("valdimport: error: the database failed 1 times") and "resume" in err
-    assert err.count("\n") == 1
+    # psycopg2 itself now and then prints a SystemError to stderr when the server kills a
+    # COPY in the middle; the importer's own report is the one line at the end
+    last = err.rstrip("\n").splitlines()[-1]
+    assert last.startswith("valdimport: error: the database failed 1 times") and "resume" in last
+    assert "Traceback" not in err
     resumed = subprocess.run(args, cwd=ROOT, env=cli_env(), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed" in summary_rows(resumed.stdout)

@@ -82,3 +82,18 @@ def test_a_summary_json_that_cannot_be_written_is_a_usage_error(sqlite_only, tmp
                      url=database_url(sqlite_only))
     assert result.returncode == 2
     assert "cannot write the summary" in result.stderr.decode()
+
+
+def test_verify_as_the_last_phase_of_an_import(engine, tmp_path, sample_lines):
+    url = database_url(engine)
+    result = run_cli("import", "--file", SAMPLE, "--verify", url=url)
+    assert result.returncode == 0, result.stderr
+    text = result.stdout.decode()
+    assert "all 12 checks passed" in text
+    assert any(line.split()[:2] == ["verify", "12"] for line in text.splitlines() if line.strip())
+    doubled = tmp_path / "again.dat"
+    doubled.write_bytes(b"".join(sample_lines))
+    again = run_cli("import", "--file", doubled, "--restart", "--verify", url=url)
+    assert again.returncode == 1  # every transition is now stored twice
+    row = next(line for line in again.stdout.decode().splitlines() if "species whose transitions differ" in line)
+    assert row.split()[6:8] == ["30", "FAILED:"]
