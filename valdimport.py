@@ -1059,6 +1059,10 @@ class Writer:
 
     def _prepare_connection(self):
         """Per-connection setup: the temporary tables used to stage levels and their keys."""
+        self.create_stage_tables()
+
+    def create_stage_tables(self):
+        """(Again: a rollback of the transaction that created them drops them.)"""
         cursor = self.connection.connection.cursor()
         for table, columns in ((STAGE_TABLE, STATE_COLUMNS), (KEYS_TABLE, STATE_KEY_COLUMNS)):
             cursor.execute(f"DROP {self.temporary} TABLE IF EXISTS {self.q(table)}")
@@ -2117,20 +2121,31 @@ class BatchImport:
     def _import(self, batch, parsed):
         mark = self.rejects.mark()
 
-        def work():
+        def work(isolate=False):
             self.rejects.truncate(mark)  # what a failed try wrote
             with transaction.atomic(using=self.using):
-                tally, refused = self._write(batch, parsed)
+                tally, refused = self._write(batch, parsed, isolate)
                 self.rejects.write(sorted(parsed.rejects + refused))
                 self.ledger.record_batch(batch, tally)
             return tally
+
+        def refusals_isolated():
+            # Savepoints only when the database refuses a row: on SQLite each one keeps
+            # a journal of every page the batch changes (in memory: temp_store=MEMORY).
+            try:
+                return work()
+            except Exception as error:
+                if error_kind(error) != REFUSED:
+                    raise
+                self.writer.create_stage_tables()
+                return work(isolate=True)
 
         def already_done():
             run = self.ledger.reload()
             return Tally.from_run(run) if run.committed_bytes >= batch.end_offset else None
 
         before = self.tally
-        self.tally = self._retrying(work, already_done)
+        self.tally = self._retrying(refusals_isolated, already_done)
         added = before.rejected
         self.seconds["parse"] += parsed.seconds
         self.rows.update(parse=parsed.records + len(parsed.rejects),
@@ -2142,15 +2157,22 @@ class BatchImport:
                              f"{limit}); lines up to {batch.last_line:,} are committed, the "
                              f"rejects are in {self.rejects.path}")
 
-    def _write(self, batch, parsed) -> tuple[Tally, list]:
-        """Write one batch in the open transaction; (the run's new tally, refused rejects)."""
+    def _write(self, batch, parsed, isolate: bool) -> tuple[Tally, list]:
+        """Write one batch in the open transaction; (the run's new tally, refused rejects).
+
+        A row the database refuses makes it raise, unless ``isolate``: then the
+        refused rows are found and returned, the others written."""
         tally = self.tally.copy()
         cursor = self.writer.cursor()
         missing = self.writer.missing_species(cursor, parsed.species)
         if missing:
             self.writer.create_species(cursor, missing)
             tally.species_created.extend(missing)
-        refused = self._store(batch, parsed, parsed.transitions, parsed.keys, tally) if parsed.records else []
+        refused = []
+        if parsed.records and isolate:
+            refused = self._store(batch, parsed, parsed.transitions, parsed.keys, tally)
+        elif parsed.records:
+            self._count_stored(tally, *self._store_records(batch, parsed, parsed.transitions, parsed.keys))
         if refused and len(refused) == parsed.records > 1:
             raise ValdImportError(f"the database refused every record of lines {batch.first_line:,}"
                                   f"-{batch.last_line:,}; first: {refused[0][1]}")
@@ -2172,10 +2194,14 @@ class BatchImport:
             half = len(records) // 2
             return [reject for part in (records[:half], records[half:])
                     for reject in self._store(batch, parsed, part, _keys_of(part), tally)]
+        self._count_stored(tally, new, existing, transitions)
+        return []
+
+    @staticmethod
+    def _count_stored(tally, new, existing, transitions):
         tally.states_new += new
         tally.states_existing += existing
         tally.transitions += transitions
-        return []
 
     def _store_records(self, batch, parsed, records, keys) -> tuple[int, int, int]:
         """Levels not in the cache, then (pass 2) the transitions; (new, existing, transitions).
