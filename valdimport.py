@@ -10,6 +10,9 @@ PostgreSQL and MySQL through Django's connections.
     gunzip -c vald3_atoms_all.dat.gz | python valdimport.py import-states
     gunzip -c vald3_atoms_all.dat.gz | python valdimport.py import-transitions
 
+Then ``verify``, ``check-indexes``, ``runs``, ``rollback`` and ``housekeeping``
+look after what was imported.
+
 The byte layout is documented in FORMAT.md; run ``python valdimport.py --help``.
 """
 from __future__ import annotations
