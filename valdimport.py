@@ -2789,12 +2789,12 @@ class Report:
 
 
 def verify(using: str = DEFAULT_DB_ALIAS, *, dump: str | None = None, skip_header: int = 2,
-           workers: int | None = None) -> Report:
+           workers: int | None = None, progress: bool | None = None) -> Report:
     """Check the database: links, uniqueness, derived values, indexes, and the dump's counts."""
     checks = database_checks(using)
     checks.append(index_check(using))
     if dump is not None:
-        checks.append(dump_check(using, dump, skip_header, workers))
+        checks.append(dump_check(using, dump, skip_header, workers, progress))
     failed = [c for c in checks if not c.ok]
     rows = [(c.name, f"{c.count:,}", "ok" if c.ok else "FAILED" + (f": {c.detail}" if c.detail else "")
              + (f" ({c.fix})" if c.fix else "")) for c in checks]
@@ -2950,12 +2950,14 @@ def check_indexes(using: str = DEFAULT_DB_ALIAS, *, fix: bool = False) -> Report
 
 # Verify against the dump -----------------------------------------------------
 
-def dump_check(using: str, dump: str, skip_header: int = 2, workers: int | None = None) -> Check:
+def dump_check(using: str, dump: str, skip_header: int = 2, workers: int | None = None,
+               progress: bool | None = None) -> Check:
     """Per species: the dump's data lines (less those the database refused) = transitions stored."""
     inp = Input(dump)
     runs = _runs_of_input(using, inp)
     skip_calc = bool(runs and runs[-1].options.get("skip_calc"))
-    expected = dump_species_counts(inp, skip_header, skip_calc, workers)
+    expected = dump_species_counts(inp, skip_header, skip_calc, ImportOptions(workers=workers,
+                                                                                 progress=progress))
     expected.subtract(refused_species_counts(runs))
     with connections[using].cursor() as cursor:
         cursor.execute("SELECT species_id, COUNT(*) FROM transitions GROUP BY species_id")
@@ -2975,13 +2977,17 @@ def _runs_of_input(using, inp) -> list:
     return [r for r in runs if inp.head_matches(r.head_bytes, r.input_head)]
 
 
-def dump_species_counts(inp: Input, skip_header: int, skip_calc: bool, workers) -> Counter:
+def dump_species_counts(inp: Input, skip_header: int, skip_calc: bool, options: ImportOptions) -> Counter:
     """Records the importer would store, per species."""
     counts = Counter()
     config = ParseConfig(skip_header, skip_calc, rows=None)
-    options = ImportOptions(workers=workers)
-    for _, parsed in parsed_batches(read_batches(inp.lines(), options.batch_size), config, options):
-        counts.update(key_parts(lower)[0] for _, lower, _, _ in parsed.transitions)
+    progress = _progress_bar(inp, options)
+    try:
+        for _, parsed in parsed_batches(read_batches(inp.lines(), options.batch_size), config, options):
+            counts.update(key_parts(lower)[0] for _, lower, _, _ in parsed.transitions)
+            _advance(progress, inp, parsed.records)
+    finally:
+        progress.close()
     return counts
 
 
@@ -3266,6 +3272,8 @@ def add_operation_arguments(parser, command: str):
                             help="header lines at the top of the dump (default: 2)")
         parser.add_argument("--workers", type=non_negative_int, metavar="N",
                             help="processes that parse the dump (default: cores - 1)")
+        parser.add_argument("--quiet", "-q", action="store_true",
+                            help="no progress bar while reading the dump")
     elif command == "check-indexes":
         parser.add_argument("--fix", action="store_true", help="create the missing ones")
     elif command == "runs":
@@ -3286,7 +3294,7 @@ def run_operation(command: str, using: str = DEFAULT_DB_ALIAS, options: dict | N
     prepare_database(using)
     if command == "verify":
         return verify(using, dump=options.get("file"), skip_header=options.get("skip_header", 2),
-                      workers=options.get("workers"))
+                      workers=options.get("workers"), progress=False if options.get("quiet") else None)
     if command == "check-indexes":
         return check_indexes(using, fix=options.get("fix", False))
     if command == "runs":

@@ -97,3 +97,12 @@ def test_verify_as_the_last_phase_of_an_import(engine, tmp_path, sample_lines):
     assert again.returncode == 1  # every transition is now stored twice
     row = next(line for line in again.stdout.decode().splitlines() if "species whose transitions differ" in line)
     assert row.split()[6:8] == ["30", "FAILED:"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_verify_file_shows_its_progress_reading_the_dump(sqlite_only, capsys):
+    vi.import_dump(str(SAMPLE), using=sqlite_only)
+    capsys.readouterr()
+    assert vi.verify(sqlite_only, dump=str(SAMPLE), progress=True).ok
+    bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert bar.startswith("sample.dat.gz: 100%")
