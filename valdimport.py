@@ -2780,7 +2780,7 @@ class Report:
     data: object = None  # the JSON form of the rows, when not just rows by column
 
     def table(self) -> str:
-        body = format_table(self.columns, self.rows) if self.rows else ("  (none)" if self.columns else "")
+        body = format_table(self.columns, self.rows) if self.rows else "  (none)"
         return "\n".join(part for part in (self.title, body, self.verdict) if part)
 
     def as_dict(self) -> dict:
@@ -3305,9 +3305,10 @@ def run_operation(command: str, using: str = DEFAULT_DB_ALIAS, options: dict | N
         started = time.monotonic()
         phases = housekeeping(using, skip_calc=options.get("skip_calc", False),
                               batch_size=options.get("batch_size", 10_000))
-        return Report(f"housekeeping: {describe_database(using)}", (), [], phase_table(
-            phases, None, time.monotonic() - started), data=[dict(phase=n, rows=r, seconds=round(t, 3))
-                                                            for n, r, t in phases])
+        rows = [(name, _count(n), f"{seconds:.2f} s", _rate(n, seconds)) for name, n, seconds in phases]
+        return Report(f"housekeeping: {describe_database(using)}", ("phase", "rows", "time", "rate"),
+                      rows, f"done in {time.monotonic() - started:.2f} s",
+                      data=[dict(phase=n, rows=r, seconds=round(t, 3)) for n, r, t in phases])
     raise UsageError(f"unknown command {command!r}")
 
 
