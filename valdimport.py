@@ -38,8 +38,13 @@ from dataclasses import dataclass, field, replace
 from operator import itemgetter
 from pathlib import Path
 
-from django.core.management.base import BaseCommand, CommandError
-from django.db import DEFAULT_DB_ALIAS, connections, transaction
+try:
+    from django.core.management.base import BaseCommand, CommandError
+    from django.db import DEFAULT_DB_ALIAS, connections, transaction
+    DJANGO_MISSING = None
+except ImportError as error:  # --help still answers; any command then says what to install
+    DJANGO_MISSING = error
+    BaseCommand, CommandError, DEFAULT_DB_ALIAS, connections, transaction = object, Exception, "default", None, None
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REJECTED = 0, 1, 2, 3
 
@@ -3389,6 +3394,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if DJANGO_MISSING is not None:
+        print(f"valdimport: error: {DJANGO_MISSING}: install valdimport and its dependencies first "
+              "(python3 -m venv .venv && .venv/bin/pip install -e .) and run it with .venv/bin/python",
+              file=sys.stderr)
+        return EXIT_USAGE
     try:
         configure_django(args.database_url)
         if args.command in OPERATIONS:

@@ -106,3 +106,16 @@ def test_every_command_has_help(command):
     for option in ("--file", "--batch-size", "--skip-header", "--skip-calc", "--cache-size",
                    "--restart", "--reject-file"):
         assert option in result.stdout.decode()
+
+
+def test_help_works_before_anything_is_installed():
+    # -S: no site-packages, so no Django: what a newcomer's bare python3 has
+    bare = [sys.executable, "-S", str(ROOT / "valdimport.py")]
+    helped = subprocess.run(bare + ["--help"], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert helped.returncode == 0, helped.stderr
+    assert "import-states" in helped.stdout and "verify" in helped.stdout
+    used = subprocess.run(bare + ["import", "--file", str(SAMPLE)], capture_output=True, text=True,
+                          cwd=ROOT, timeout=60)
+    assert used.returncode == 2
+    assert used.stderr.startswith("valdimport: error: No module named 'django'")
+    assert "pip install -e ." in used.stderr and "Traceback" not in used.stderr
