@@ -44,7 +44,8 @@ try:
     DJANGO_MISSING = None
 except ImportError as error:  # --help still answers; any command then says what to install
     DJANGO_MISSING = error
-    BaseCommand, CommandError, DEFAULT_DB_ALIAS, connections, transaction = object, Exception, "default", None, None
+    BaseCommand, CommandError, DEFAULT_DB_ALIAS = object, Exception, "default"
+    connections = transaction = None
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REJECTED = 0, 1, 2, 3
 
@@ -1070,7 +1071,7 @@ class Writer:
         self.create_stage_tables()
 
     def create_stage_tables(self):
-        """(Again: a rollback of the transaction that created them drops them.)"""
+        """Create the stage tables, also again after a rollback, which drops them."""
         cursor = self.connection.connection.cursor()
         for table, columns in ((STAGE_TABLE, STATE_COLUMNS), (KEYS_TABLE, STATE_KEY_COLUMNS)):
             cursor.execute(f"DROP {self.temporary} TABLE IF EXISTS {self.q(table)}")
@@ -1655,14 +1656,21 @@ def _json_options(options: ImportOptions) -> dict:
                                              "fast")}
 
 
+def _process_alive(run) -> bool:
+    """Whether another process of this host that wrote ``run`` is still there."""
+    if run.host != _host() or not run.pid or run.pid == os.getpid():
+        return False
+    try:
+        os.kill(run.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        pass
+    return True
+
+
 def _refuse_if_alive(run):
-    if run.host == _host() and run.pid and run.pid != os.getpid():
-        try:
-            os.kill(run.pid, 0)
-        except ProcessLookupError:
-            return
-        except PermissionError:
-            pass
+    if _process_alive(run):
         raise UsageError(f"run {run.id} on this input is still running (pid {run.pid}); "
                          "wait for it to finish or stop it first")
 
@@ -1826,12 +1834,24 @@ class Summary:
         return EXIT_REJECTED if self.tally.rejected else EXIT_OK
 
 
+PHASE_COLUMNS = ("phase", "rows", "time", "rate")
+
+
+def timed_phase(name: str, work) -> tuple:
+    """(name, rows, seconds) of ``work()``, which returns the rows it handled."""
+    started = time.monotonic()
+    rows = work()
+    return name, rows, time.monotonic() - started
+
+
+def phase_rows(phases) -> list:
+    return [(name, _count(n), f"{seconds:.2f} s", _rate(n, seconds)) for name, n, seconds in phases]
+
+
 def phase_table(phases, total_rows=None, total_seconds=None) -> str:
     """pgloader-style: one row per phase with its rows, time and rate, then the total."""
-    rows = [(name, _count(n), f"{seconds:.2f} s", _rate(n, seconds)) for name, n, seconds in phases]
-    if total_seconds is not None:
-        rows.append(("total", _count(total_rows), f"{total_seconds:.2f} s", _rate(total_rows, total_seconds)))
-    return format_table(("phase", "rows", "time", "rate"), rows)
+    total = [("total", total_rows, total_seconds)] if total_seconds is not None else []
+    return format_table(PHASE_COLUMNS, phase_rows(list(phases) + total))
 
 
 def _count(n) -> str:
@@ -1972,9 +1992,7 @@ class FastLoad:
         return summary
 
     def _phase(self, name, work):
-        started = time.monotonic()
-        rows = work()
-        self.phases.append((name, rows, time.monotonic() - started))
+        self.phases.append(timed_phase(name, work))
 
     def _indexes(self, drop: bool) -> int:
         """Drop or build the models' secondary indexes (not the unique constraints)."""
@@ -2097,7 +2115,7 @@ class BatchImport:
                         break
             for batch, parsed in parsed_batches(batches, self.config, self.options):
                 self._import(batch, parsed)
-                _advance(progress, self.inp, parsed.records, self._progress_note())
+                _advance(progress, self.inp, parsed.records, self._progress_note)
         finally:
             progress.close()
             self.rejects.close()
@@ -2156,13 +2174,12 @@ class BatchImport:
 
         before = self.tally
         self.tally = self._retrying(refusals_isolated, already_done)
-        added = before.rejected
         self.seconds["parse"] += parsed.seconds
         self.rows.update(parse=parsed.records + len(parsed.rejects),
                          levels=self.tally.states_new - before.states_new,
                          transitions=self.tally.transitions - before.transitions)
         limit = self.options.max_errors
-        if limit and self.tally.rejected >= limit and self.tally.rejected > added:
+        if limit and self.tally.rejected >= limit and self.tally.rejected > before.rejected:
             raise RunStopped(f"stopped after {self.tally.rejected:,} rejected lines (--max-errors "
                              f"{limit}); lines up to {batch.last_line:,} are committed, the "
                              f"rejects are in {self.rejects.path}")
@@ -2368,13 +2385,13 @@ def _progress_bar(inp, options):
     return tqdm(unit=" records", unit_scale=True, disable=not enabled, file=sys.stderr, desc="stdin")
 
 
-def _advance(progress, inp, records: int = 0, note: str = ""):
+def _advance(progress, inp, records: int = 0, note=None):
     """Move the bar: bytes of a file as read from disk (compressed: so the ETA holds),
-    records of standard input."""
+    records of standard input; ``note()`` gives the text after it."""
     if progress.disable:
         return
-    if note:
-        progress.set_postfix_str(note, refresh=False)
+    if note is not None:
+        progress.set_postfix_str(note(), refresh=False)
     progress.update(inp.position() - progress.n if inp.size else records)
 
 
@@ -2696,14 +2713,9 @@ def housekeeping(using: str = DEFAULT_DB_ALIAS, *, skip_calc: bool = False,
 
     Returns the phases (name, rows, seconds).
     """
-    phases = []
-    for name, work in (("ground states", lambda: update_ground_states(using)),
-                       ("derived values", lambda: 0 if skip_calc else fill_einstein_a(using, batch_size)),
-                       ("statistics", lambda: analyze_tables(using))):
-        started = time.monotonic()
-        rows = work()
-        phases.append((name, rows, time.monotonic() - started))
-    return phases
+    return [timed_phase("ground states", lambda: update_ground_states(using)),
+            timed_phase("derived values", lambda: 0 if skip_calc else fill_einstein_a(using, batch_size)),
+            timed_phase("statistics", lambda: analyze_tables(using))]
 
 
 def fill_einstein_a(using: str = DEFAULT_DB_ALIAS, batch_size: int = 10_000) -> int:
@@ -2911,16 +2923,17 @@ def declared_indexes() -> list[DeclaredIndex]:
     return declared
 
 
-def missing_indexes(using: str = DEFAULT_DB_ALIAS) -> list[DeclaredIndex]:
+def missing_indexes(using: str = DEFAULT_DB_ALIAS, declared=None) -> list[DeclaredIndex]:
     """Declared indexes with no live index (or unique constraint) on the same columns."""
+    declared = declared_indexes() if declared is None else declared
     connection = connections[using]
     live = {}
     with connection.cursor() as cursor:
-        for table in {d.table for d in declared_indexes()}:
+        for table in {d.table for d in declared}:
             live[table] = [(tuple(c["columns"]), c["unique"])
                            for c in connection.introspection.get_constraints(cursor, table).values()
                            if c["index"] or c["unique"]]
-    return [d for d in declared_indexes()
+    return [d for d in declared
             if not any(d.served_by(columns, unique) for columns, unique in live[d.table])]
 
 
@@ -2932,8 +2945,8 @@ def index_check(using: str) -> Check:
 
 def check_indexes(using: str = DEFAULT_DB_ALIAS, *, fix: bool = False) -> Report:
     """The declared indexes and whether they exist; with ``fix``, create the missing ones."""
-    missing = {d.name for d in missing_indexes(using)}
     declared = declared_indexes()
+    missing = {d.name for d in missing_indexes(using, declared)}
     if fix and missing:
         with connections[using].schema_editor() as editor:
             for d in declared:
@@ -3036,13 +3049,9 @@ def list_runs(using: str = DEFAULT_DB_ALIAS, *, limit: int | None = None) -> Rep
 
 def run_status(run) -> str:
     """The run's status, "interrupted" for a running run whose process is gone."""
-    if run.status == run.RUNNING and run.host == _host() and run.pid != os.getpid():
-        try:
-            os.kill(run.pid, 0)
-        except ProcessLookupError:
-            return "interrupted"
-        except (PermissionError, TypeError):
-            pass
+    if (run.status == run.RUNNING and run.host == _host() and run.pid != os.getpid()
+            and not _process_alive(run)):
+        return "interrupted"
     return run.status
 
 
@@ -3310,9 +3319,8 @@ def run_operation(command: str, using: str = DEFAULT_DB_ALIAS, options: dict | N
         started = time.monotonic()
         phases = housekeeping(using, skip_calc=options.get("skip_calc", False),
                               batch_size=options.get("batch_size", 10_000))
-        rows = [(name, _count(n), f"{seconds:.2f} s", _rate(n, seconds)) for name, n, seconds in phases]
-        return Report(f"housekeeping: {describe_database(using)}", ("phase", "rows", "time", "rate"),
-                      rows, f"done in {time.monotonic() - started:.2f} s",
+        return Report(f"housekeeping: {describe_database(using)}", PHASE_COLUMNS,
+                      phase_rows(phases), f"done in {time.monotonic() - started:.2f} s",
                       data=[dict(phase=n, rows=r, seconds=round(t, 3)) for n, r, t in phases])
     raise UsageError(f"unknown command {command!r}")
 
