@@ -2,7 +2,8 @@
 
 SQLite in the working directory by default; DATABASE_URL selects another
 database (postgres://USER@HOST:PORT/NAME, mysql://USER@HOST:PORT/NAME).
-A node uses its own settings through DJANGO_SETTINGS_MODULE instead.
+VALD_NODE_ID (default vald) is the node id in the XSAMS source ids of the
+references. A node uses its own settings through DJANGO_SETTINGS_MODULE instead.
 """
 import os
 
@@ -16,3 +17,4 @@ DATABASES = {"default": database_settings(os.environ.get("DATABASE_URL", "sqlite
 DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
 USE_TZ = True
 TIME_ZONE = "UTC"
+VALD_NODE_ID = os.environ.get("VALD_NODE_ID", "vald")

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import argparse
 import bz2
+import contextlib
 import functools
 import gzip
 import hashlib
 import io
+import itertools
 import json
 import lzma
 import math
@@ -31,7 +33,9 @@ import re
 import socket
 import struct
 import sys
+import tempfile
 import time
+import xml.etree.ElementTree as ET
 import zlib
 from collections import Counter, deque
 from dataclasses import dataclass, field, replace
@@ -41,13 +45,17 @@ from pathlib import Path
 try:
     from django.core.management.base import BaseCommand, CommandError
     from django.db import DEFAULT_DB_ALIAS, connections, transaction
+    from django.db.backends.signals import connection_created
+    import numpy as np
     DJANGO_MISSING = None
 except ImportError as error:  # --help still answers; any command then says what to install
     DJANGO_MISSING = error
     BaseCommand, CommandError, DEFAULT_DB_ALIAS = object, Exception, "default"
-    connections = transaction = None
+    connections = transaction = np = None
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REJECTED = 0, 1, 2, 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+INTERRUPTED = "interrupted; rerun the same command to resume"
 
 
 class ValdImportError(Exception):
@@ -70,59 +78,109 @@ class RejectedLine(ValueError):
 
 @dataclass(frozen=True)
 class FieldDef:
-    """One fixed-width field of the data line: columns [start, end), 0-based."""
+    """One fixed-width field of the data line, columns [start, end) 0-based, and what it feeds.
+
+    ``fmt`` is its Fortran edit descriptor (``F15.5``, ``I6``, ``A86``, ``A1``, ``1X``);
+    ``null`` the value that means "unknown"; ``level`` "lower"/"upper" for a level's field
+    (None: the transition's); ``column`` the database column it fills; ``refs`` the fields of
+    the reference line (0-based: field i names the source, line list ll(i+1)) whose keys are
+    stored in ``ref_column``; ``allowed`` the characters a one-character field may hold.
+    """
 
     name: str
     start: int
     end: int
-    kind: str  # "decimal", "int", "j", "text", "char", "waals"
-    null: float | None = None  # numeric sentinel meaning "unknown"
+    fmt: str
+    label: str = ""
+    null: float | str | None = None
     required: bool = False
-    places: int = 0  # decimals of an F format; its column keeps exactly these
+    level: str | None = None
+    column: str | None = None
+    refs: tuple = ()
+    ref_column: str | None = None
+    allowed: str | None = None
 
     @property
     def width(self) -> int:
         return self.end - self.start
 
+    @property
+    def kind(self) -> str:
+        """"decimal" (F), "int" (I), "text" (A) or "blank" (X)."""
+        return {"F": "decimal", "I": "int", "A": "text"}.get(self.fmt[0], "blank")
+
+    @property
+    def places(self) -> int:
+        """Decimals of an F field: its column keeps exactly these."""
+        return int(self.fmt.partition(".")[2] or 0)
+
+    @property
+    def text(self) -> str:
+        """How messages name the field."""
+        return self.label or self.name
+
+    @property
+    def null_scaled(self) -> int | None:
+        """The numeric null sentinel x 10**places (None: no numeric sentinel)."""
+        return None if not isinstance(self.null, (int, float)) else round(self.null * 10 ** self.places)
+
 
 # Fortran: 2F15.5,I6,F8.3,2(F14.4,F6.1),3F7.2,2F7.3,F8.3,A2,A86,A2,A86,1X,A1,A7,1X,A16,9I4
 DATA_FIELDS = (
-    FieldDef("wave_ritz", 0, 15, "decimal", places=5),
-    FieldDef("wave_measured", 15, 30, "decimal", places=5),
-    FieldDef("species_id", 30, 36, "int", required=True),
-    FieldDef("loggf", 36, 44, "decimal", places=3),
-    FieldDef("lower_energy", 44, 58, "decimal", required=True, places=4),
-    FieldDef("lower_j", 58, 64, "j", places=1),
-    FieldDef("upper_energy", 64, 78, "decimal", required=True, places=4),
-    FieldDef("upper_j", 78, 84, "j", places=1),
-    FieldDef("lower_lande", 84, 91, "decimal", null=99.0, places=2),
-    FieldDef("upper_lande", 91, 98, "decimal", null=99.0, places=2),
-    FieldDef("mean_lande", 98, 105, "decimal", null=99.0, places=2),
-    FieldDef("gammarad", 105, 112, "decimal", null=0.0, places=3),
-    FieldDef("gammastark", 112, 119, "decimal", null=0.0, places=3),
-    FieldDef("gammawaals", 119, 127, "waals", null=0.0, places=3),
-    FieldDef("lower_coupling", 127, 129, "text"),
-    FieldDef("lower_term", 129, 215, "text"),
-    FieldDef("upper_coupling", 215, 217, "text"),
-    FieldDef("upper_term", 217, 303, "text"),
-    FieldDef("blank", 303, 304, "char"),
-    FieldDef("accurflag", 304, 305, "char"),
-    FieldDef("accur", 305, 311, "text"),
-    FieldDef("transition_flag", 311, 312, "char"),
-    FieldDef("broadening_flag", 312, 313, "char"),
-    FieldDef("comment", 313, 329, "text"),
-    *(FieldDef(f"ll{i + 1}", 329 + 4 * i, 333 + 4 * i, "int") for i in range(9)),
+    FieldDef("wave_ritz", 0, 15, "F15.5", "Ritz wavelength", column="waveritz",
+             refs=(2, 3), ref_column="waveritz_ref_id"),  # computed from the two energies
+    FieldDef("wave_measured", 15, 30, "F15.5", "measured wavelength", null=0.0,
+             refs=(0,), ref_column="wave_ref_id"),
+    FieldDef("species_id", 30, 36, "I6", "species index", required=True, column="species_id"),
+    FieldDef("loggf", 36, 44, "F8.3", "log gf", column="loggf", refs=(1,), ref_column="loggf_ref_id"),
+    FieldDef("lower_energy", 44, 58, "F14.4", "lower energy", required=True, level="lower",
+             column="energy", refs=(2,), ref_column="energy_ref_id"),
+    FieldDef("lower_j", 58, 64, "F6.1", "lower J", null="X", level="lower", column="J"),
+    FieldDef("upper_energy", 64, 78, "F14.4", "upper energy", required=True, level="upper",
+             column="energy", refs=(3,), ref_column="energy_ref_id"),
+    FieldDef("upper_j", 78, 84, "F6.1", "upper J", null="X", level="upper", column="J"),
+    FieldDef("lower_lande", 84, 91, "F7.2", null=99.0, level="lower", column="lande",
+             refs=(4,), ref_column="lande_ref_id"),
+    FieldDef("upper_lande", 91, 98, "F7.2", null=99.0, level="upper", column="lande",
+             refs=(4,), ref_column="lande_ref_id"),
+    FieldDef("mean_lande", 98, 105, "F7.2", null=99.0),  # checked; the node has no column for it
+    FieldDef("gammarad", 105, 112, "F7.3", null=0.0, column="gammarad",
+             refs=(5,), ref_column="gammarad_ref_id"),
+    FieldDef("gammastark", 112, 119, "F7.3", null=0.0, column="gammastark",
+             refs=(6,), ref_column="gammastark_ref_id"),
+    FieldDef("gammawaals", 119, 127, "F8.3", null=0.0, column="gammawaals",  # > 0: sigma.alpha
+             refs=(7,), ref_column="waals_ref_id"),
+    FieldDef("lower_coupling", 127, 129, "A2", level="lower", column="coupling_case"),
+    FieldDef("lower_term", 129, 215, "A86", level="lower", column="term_desc",
+             refs=(8,), ref_column="level_ref_id"),
+    FieldDef("upper_coupling", 215, 217, "A2", level="upper", column="coupling_case"),
+    FieldDef("upper_term", 217, 303, "A86", level="upper", column="term_desc",
+             refs=(8,), ref_column="level_ref_id"),
+    FieldDef("blank", 303, 304, "1X", allowed=" "),
+    FieldDef("accurflag", 304, 305, "A1", allowed="NECP_ ", column="accurflag"),
+    FieldDef("accur", 305, 311, "A6", column="accur"),
+    FieldDef("transition_flag", 311, 312, "A1", "transition flag", allowed=" ABCDEF"),
+    FieldDef("broadening_flag", 312, 313, "A1", "broadening flag", allowed=" 01234567"),  # checked
+    FieldDef("comment", 313, 329, "A16", column="comment"),
+    *(FieldDef(f"ll{i}", 325 + 4 * i, 329 + 4 * i, "I4", f"line list {i}", null=0, column=f"ll{i}")
+      for i in range(1, 10)),
 )
 LINE_WIDTH = DATA_FIELDS[-1].end  # 365
-F = {f.name: i for i, f in enumerate(DATA_FIELDS)}  # field name -> position in a parsed tuple
+FIELD = {f.name: f for f in DATA_FIELDS}
+LINE_LISTS = tuple(f for f in DATA_FIELDS if f.name.startswith("ll"))  # LINE_LISTS[i]: reference field i
 
-REFERENCE_QUANTITIES = ("wave", "loggf", "lower_energy", "upper_energy", "lande",
-                        "gammarad", "gammastark", "gammawaals", "level")
+
+def _reference_quantity(slot: int) -> str:
+    """What reference field ``slot`` is the source of, for messages ("loggf", "lower energy")."""
+    fields = [f for f in DATA_FIELDS if f.refs == (slot,)]
+    prefix = f"{fields[0].level} " if len(fields) == 1 and fields[0].level else ""
+    return prefix + fields[0].ref_column.removesuffix("_ref_id")
+
+
+REFERENCE_QUANTITIES = tuple(_reference_quantity(slot) for slot in range(len(LINE_LISTS)))
 """What each whitespace-separated field of a reference line is the source of (ll1..ll9)."""
 
-ACCURACY_FLAGS = frozenset("NECP_ ")
 TRANSITION_TYPES = {" ": "E1", "A": "E1", "B": "E2", "C": "M1", "D": "M2", "E": "E3", "F": "M3"}
-BROADENING_FLAGS = frozenset(" 01234567")
 NIST_CLASS_ERRORS = (  # longest prefixes first, so "AA" is not read as "A"
     ("AAA", 0.0013), ("AA", 0.0043), ("A+", 0.0087), ("A", 0.013), ("B+", 0.030),
     ("B", 0.043), ("C+", 0.079), ("C", 0.11), ("D+", 0.18), ("D", 0.22), ("E", 0.5),
@@ -130,47 +188,68 @@ NIST_CLASS_ERRORS = (  # longest prefixes first, so "AA" is not read as "A"
 EINSTEIN_A_CONSTANT = 0.667025e16
 REF_KEY_LENGTH = 64  # node_common.models.REF_KEY_LENGTH: the *_ref_id columns
 UNKNOWN_J = -1  # J_scaled of a level with unknown J (J is NULL)
+L_LETTERS = "SPDFGHIKLMNOQRTUV"  # orbital angular momentum L = 0, 1, 2, ...
+LEVEL_QN_COLUMNS = ("config", "term", "S", "L", "P", "J1", "J2", "K", "S2", "Jc", "Sn", "n",
+                    "v", "Lambda", "Omega", "rotN", "elecstate", "kronig_parity",
+                    "elec_inversion", "asSym")
+DECODED_QN_COLUMNS = LEVEL_QN_COLUMNS[2:]
 
 
-def level_key(species_id: int, energy_scaled: int, j_scaled: int) -> int:
-    """A level's identity (species, energy x 10^4, J x 10) packed in one int: cheaper to
-    hash, keep and send than a tuple (species < 2^20, J x 10 + 1 < 2^20)."""
-    return (energy_scaled << 40) | ((j_scaled + 1) << 20) | species_id
+def _field_columns(level):
+    return tuple(dict.fromkeys(f.column for f in DATA_FIELDS if f.level == level and f.column))
 
 
-def key_parts(key: int) -> tuple[int, int, int]:
-    """(species_id, energy_scaled, J_scaled) of a level_key."""
-    return key & 0xFFFFF, key >> 40, ((key >> 20) & 0xFFFFF) - 1
+def _ref_columns(level):
+    return tuple(dict.fromkeys(f.ref_column for f in DATA_FIELDS if f.level == level and f.ref_column))
 
-# Column order of the rows the parser produces and the writers store.
-STATE_COLUMNS = ("species_id", "energy", "energy_scaled", "J", "J_scaled", "lande",
-                 "term_desc", "coupling_case", "energy_linelist_id", "energy_method",
-                 "energy_ref_id", "lande_ref_id", "level_ref_id",
-                 "config", "term", "S", "L", "P", "J1", "J2", "K", "S2", "Jc", "Sn", "n",
-                 "v", "Lambda", "Omega", "rotN", "elecstate", "kronig_parity",
-                 "elec_inversion", "asSym", "run_id")  # the quantum numbers: LEVEL_QN_COLUMNS
+
+# Column orders of the rows the parser produces and the writers store, derived from the
+# layout; the writer fills the first ones (the slots: ids and run).
+STATE_SLOTS = ("id", "run_id")
+STATE_COLUMNS = (*STATE_SLOTS, "species_id", *_field_columns("lower"), "energy_scaled", "J_scaled",
+                 "energy_linelist_id", "energy_method", *_ref_columns("lower"), *LEVEL_QN_COLUMNS)
 STATE_KEY_COLUMNS = ("species_id", "energy_scaled", "J_scaled")
-TRANSITION_COLUMNS = ("lostate", "upstate", "species_id", "wave", "waveritz", "loggf",
-                      "einsteina", "gammarad", "gammastark", "gammawaals", "sigmawaals",
-                      "alphawaals", "accurflag", "accur", "loggf_err", "transition_type",
-                      "autoionized", "wave_method", "comment", "wave_ref_id",
-                      "waveritz_ref_id", "loggf_ref_id", "gammarad_ref_id",
-                      "gammastark_ref_id", "waals_ref_id",
-                      *(f"ll{i}" for i in range(1, 10)), "run_id")
+TRANSITION_SLOTS = ("lostate", "upstate", "run_id")
+TRANSITION_DERIVED = ("wave", "einsteina", "sigmawaals", "alphawaals", "loggf_err",
+                      "transition_type", "autoionized", "wave_method")
+TRANSITION_COLUMNS = (*TRANSITION_SLOTS, *_field_columns(None), *TRANSITION_DERIVED,
+                      *_ref_columns(None))
+SLOT_WIDTH = 10  # digits of an id slot in COPY text: zero-padded, so rows are built before ids exist
+
+
+def level_key(species_id: int, energy_scaled: int, j_scaled: int) -> complex:
+    """A level's identity (species, energy x 10^4, J x 10) as one exact, sortable number.
+
+    Real part species x 2^17 + J x 10 + 1, imaginary part energy x 10^4: both below 2^53
+    for anything the I6, F6.1 and F14.4 fields can print, so float64 holds them exactly;
+    NumPy sorts and searches complex128 arrays by real, then imaginary part.
+    """
+    return complex(species_id * 131072 + j_scaled + 1, energy_scaled)
+
+
+def key_parts(key: complex) -> tuple[int, int, int]:
+    """(species_id, energy_scaled, J_scaled) of a level_key."""
+    real = int(key.real)
+    return real >> 17, int(key.imag), (real & 131071) - 1
 
 
 # ----------------------------------------------------------------- parse ----
+# parse_record is the reference parser: one line at a time, in plain Python, with a
+# reason for every rejection. The columnar parser (parse_batch, below) does the same
+# for whole batches with NumPy and hands every line it does not accept to parse_record,
+# so that both always agree (tests/test_columnar.py).
 
 _NUMERIC_CHARS = frozenset(" 0123456789.+-")
-_slice_fields = itemgetter(*(slice(f.start, f.end) for f in DATA_FIELDS))
 
 
 def decimal_text(text: str, name: str, field: FieldDef | None = None) -> str | None:
     """The stripped digits of a decimal field, or None when blank.
 
-    Rejects what is not a number and, given its ``field``, what its column
-    cannot keep exactly: more decimals than the F format prints (they would be
-    rounded away) or more integer digits than the field can print with them.
+    Rejects what is not a number and, given its ``field``, what is not a complete
+    Fortran F field: the format always prints the point and exactly ``places``
+    decimals, so a value without them was cut off (an interrupted download stores
+    ``53`` for ``53991.8552``) or does not come from the format (more decimals
+    would be rounded away by the column).
     """
     text = text.strip()
     if not text:
@@ -182,16 +261,17 @@ def decimal_text(text: str, name: str, field: FieldDef | None = None) -> str | N
     except ValueError:
         raise RejectedLine(f"{name} is not a number: {text!r}") from None
     if field is not None and not (len(text) > field.places and text[-field.places - 1] == "."):
-        _check_fits(text, name, field)  # not the usual "exactly `places` decimals"
+        raise RejectedLine(_incomplete_field(text, name, field))
     return text
 
 
-def _check_fits(text, name, field):
-    whole, _, frac = text.partition(".")
-    if len(frac.rstrip("0")) > field.places:
-        raise RejectedLine(f"{name} has more than {field.places} decimals: {text!r}")
-    if len(whole.lstrip("+-").lstrip("0")) > field.width - 1 - field.places:
-        raise RejectedLine(f"{name} is too large for its column: {text!r}")
+def _incomplete_field(text, name, field) -> str:
+    fortran = f"F{field.width}.{field.places}"
+    if "." not in text:
+        return f"{name} has no decimal point ({fortran}; cut off?): {text!r}"
+    if len(text.partition(".")[2]) > field.places:
+        return f"{name} has more than {field.places} decimals ({fortran}): {text!r}"
+    return f"{name} has fewer than {field.places} decimals ({fortran}; cut off?): {text!r}"
 
 
 def scaled_int(text: str, places: int, name: str) -> int:
@@ -242,7 +322,7 @@ def waals_values(text: str | None) -> tuple[str | None, int | None, str | None]:
 
 
 def loggf_error(flag: str, accur: str | None) -> float | None:
-    """The log gf uncertainty in dex from the accuracy flag and text (FORMAT.md)."""
+    """The log gf uncertainty in dex from the accuracy flag and text (docs/format.md)."""
     if accur is None or flag in "CP":
         return None
     if flag == "E":
@@ -274,17 +354,22 @@ def einstein_a(loggf: str | None, j_upper_scaled: int, wave: str) -> float | Non
     return value
 
 
-def reference_keys(line: str) -> tuple[str | None, ...]:
-    """The reference keys per quantity (REFERENCE_QUANTITIES) of a reference line.
+_KEY_SEPARATORS = re.compile(r"[,+]")
 
-    ``wl:K14,iso:BWL`` -> ``K14,BWL``: type prefixes are dropped, keys joined with commas.
-    """
+
+def field_keys(text: str) -> str | None:
+    """The keys of one reference field, comma-joined: ``wl:K14,iso:BWL`` -> ``K14,BWL``,
+    ``SR+Sm`` -> ``SR,Sm`` (``+`` joins two keys as ``,`` does); type prefixes dropped."""
+    return ",".join(part.rpartition(":")[2] for part in _KEY_SEPARATORS.split(text) if part) or None
+
+
+def reference_keys(line: str) -> tuple[str | None, ...]:
+    """The reference keys per quantity (REFERENCE_QUANTITIES) of a reference line (field_keys)."""
     fields = line.split()
     if len(fields) > len(REFERENCE_QUANTITIES):
         raise RejectedLine(f"reference line has {len(fields)} fields, at most "
                            f"{len(REFERENCE_QUANTITIES)} expected")
-    keys = [",".join(part.rpartition(":")[2] for part in f.split(",") if part) or None
-            for f in fields]
+    keys = [field_keys(f) for f in fields]
     for quantity, key in zip(REFERENCE_QUANTITIES, keys):
         if key is not None and len(key) > REF_KEY_LENGTH:
             raise RejectedLine(f"{quantity} reference {key[:20]!r}... is longer than its column "
@@ -295,26 +380,66 @@ def reference_keys(line: str) -> tuple[str | None, ...]:
 NO_REFERENCES = (None,) * len(REFERENCE_QUANTITIES)
 
 
-def slice_data_line(line: str) -> tuple[str, ...]:
-    """The raw text of every DATA_FIELDS column; a short line is padded with blanks."""
+def joined_keys(keys) -> str | None:
+    """Reference keys of several fields as one comma-joined value, each key once."""
+    joined = []
+    for key in keys:
+        for part in (key or "").split(","):
+            if part and part not in joined:
+                joined.append(part)
+    return ",".join(joined) or None
+
+
+def reference_columns(keys: tuple, level: str | None) -> dict:
+    """The *_ref_id values of the transition (``level`` None) or of a level, from the keys."""
+    values = {}
+    for f in DATA_FIELDS:
+        if f.ref_column and f.level == level and f.ref_column not in values:
+            values[f.ref_column] = keys[f.refs[0]] if len(f.refs) == 1 else joined_keys(
+                keys[slot] for slot in f.refs)
+    return values
+
+
+def slice_data_line(line: str) -> dict:
+    """The raw text of every field, by name; a short line is padded with blanks."""
     if len(line) > LINE_WIDTH and line[LINE_WIDTH:].strip():
         raise RejectedLine(f"text after column {LINE_WIDTH}: {line[LINE_WIDTH:].strip()[:20]!r}")
-    return _slice_fields(line.ljust(LINE_WIDTH))
+    line = line.ljust(LINE_WIDTH)
+    return {f.name: line[f.start:f.end] for f in DATA_FIELDS}
+
+
+def field_value(f: FieldDef, text: str):
+    """A field's value as the importer keeps it: decimal digits (str), int, or the raw text.
+
+    None for blank and for the field's null sentinel; raises RejectedLine for what
+    cannot be read or kept.
+    """
+    if f.kind == "decimal":
+        if f.null == "X":
+            return j_value(text, f.text, f)[0]
+        value = decimal_text(text, f.text, f)
+        if value is not None and f.null_scaled is not None and \
+                scaled_int(value, f.places, f.text) == f.null_scaled:
+            return None
+        return value
+    if f.kind == "int":
+        value = int_field(text, f.text)
+        return None if value == f.null else value
+    if f.allowed is not None and text not in f.allowed:
+        raise RejectedLine(f"unknown {f.text.replace('_', ' ')} {text!r}")
+    return text
 
 
 # Level descriptions ---------------------------------------------------------
 
-L_LETTERS = "SPDFGHIKLMNOQRTUV"  # orbital angular momentum L = 0, 1, 2, ...
-LEVEL_QN_COLUMNS = ("config", "term", "S", "L", "P", "J1", "J2", "K", "S2", "Jc", "Sn", "n",
-                    "v", "Lambda", "Omega", "rotN", "elecstate", "kronig_parity",
-                    "elec_inversion", "asSym")
-DECODED_QN_COLUMNS = LEVEL_QN_COLUMNS[2:]
 ODD, EVEN = "1", "2"  # atomic parity as the VAMDC node stores it
 
 _UNESCAPED_BLANK = re.compile(r"(?<!\\) ")
 _LS_TERM = re.compile(rf"(?P<label>.*?)(?P<mult>\d+)(?P<L>[{L_LETTERS}])(?P<sn>\d*)\Z")
 _JJ_TERM = re.compile(r"\((?P<j1>[\d/.]+),(?P<j2>[\d/.]+)\)\Z")
 _JK_TERM = re.compile(r"(?:(?P<mult>\d+)|\((?P<s2>[\d/.]+)\))\[(?P<k>[\d/.]+)\]\Z")
+_KURUCZ_JK_TERM = re.compile(r"(?P<jc>\d+)\+\[(?P<k>\d+)\+\]\Z")  # Jc[K], "n+" is n + 1/2
+_HYPERFINE_LABEL = re.compile(r"\s+F=[\d/.]+\Z")  # "a2D F=3/2": F of a hyperfine level
 _JC = re.compile(r"<([\d/.]+)>")
 _LK_LETTER = re.compile(rf"\\ ([{L_LETTERS}])")
 _PRINCIPAL = re.compile(r"n=(\d+)\Z")
@@ -347,11 +472,15 @@ def decode_level(coupling: str | None, description: str | None, molecule: bool) 
     if description is None:
         return tuple(qn.values())
     try:
-        if molecule:
+        config, term = split_description(description)
+        if not molecule:
+            qn["config"], qn["term"] = config, term
+            _decode_atom(coupling, qn)
+        elif term is None:  # no configuration: the whole description is the term
             _decode_molecule(coupling, description, qn)
         else:
-            qn["config"], qn["term"] = split_description(description)
-            _decode_atom(coupling, qn)
+            qn["config"], qn["term"] = config, term
+            _decode_molecule(coupling, term, qn)
     except (ValueError, ZeroDivisionError, IndexError):
         qn.update(dict.fromkeys(DECODED_QN_COLUMNS))
     return tuple(qn.values())
@@ -364,9 +493,13 @@ def _decode_atom(coupling, qn):
         if match:
             qn["n"] = int(match[1])
         return
+    term = _HYPERFINE_LABEL.sub("", term)  # F is kept in term/term_desc; no column holds it
     odd = term.endswith("*")
     term = term.rstrip("*")
-    if coupling == "LS":
+    kurucz = _KURUCZ_JK_TERM.match(term) if coupling == "JK" else None
+    if kurucz:  # Kurucz's label: the core's Jc and K, each "n+" = n + 1/2; no S2
+        qn.update(Jc=int(kurucz["jc"]) + 0.5, K=int(kurucz["k"]) + 0.5)
+    elif coupling == "LS":
         match = _LS_TERM.match(term)
         if match is None:
             return
@@ -430,11 +563,11 @@ def is_molecule(species_id: int, coupling: str | None) -> bool:
 class Record:
     """A parsed data line, as the rows it gives: two levels and one transition."""
 
-    lower_key: int  # level_key
-    upper_key: int
-    lower: tuple  # STATE_COLUMNS without run_id
-    upper: tuple
-    transition: tuple  # TRANSITION_COLUMNS without lostate, upstate, run_id
+    lower_key: complex  # level_key
+    upper_key: complex
+    lower: dict  # STATE_COLUMNS without the slots -> value
+    upper: dict
+    transition: dict  # TRANSITION_COLUMNS without the slots -> value
 
 
 def parse_record(line: str, ref_line: str | None, skip_calc: bool = False,
@@ -445,334 +578,85 @@ def parse_record(line: str, ref_line: str | None, skip_calc: bool = False,
     """
     methods = methods or {}
     raw = slice_data_line(line)
-    species_id = int_field(raw[F["species_id"]], "species index")
-    if species_id is None:
-        raise RejectedLine("no species index")
-    if species_id <= 0:
-        raise RejectedLine(f"bad species index {species_id}")
-    ritz = _decimal(raw, "wave_ritz", "Ritz wavelength")
-    measured = _decimal(raw, "wave_measured", "measured wavelength")
-    if measured is not None and float(measured) == 0:
-        measured = None
-    wave = measured or ritz
-    if wave is None:
-        raise RejectedLine("no wavelength")
-    loggf = _decimal(raw, "loggf", "log gf")
-    levels = []
-    for side in ("lower", "upper"):
-        energy = _decimal(raw, f"{side}_energy", f"{side} energy")
-        if energy is None:
-            raise RejectedLine(f"no {side} energy")
-        j, j_scaled = j_value(raw[F[f"{side}_j"]], f"{side} J", DATA_FIELDS[F[f"{side}_j"]])
-        levels.append((energy, scaled_int(energy, 4, f"{side} energy"), j, j_scaled))
-    landes = [_sentinel_decimal(raw, name, 99.0) for name in ("lower_lande", "upper_lande", "mean_lande")]
-    gammarad = _sentinel_decimal(raw, "gammarad", 0.0)
-    gammastark = _sentinel_decimal(raw, "gammastark", 0.0)
-    gammawaals, sigma, alpha = waals_values(_sentinel_decimal(raw, "gammawaals", 0.0))
-    for name in ("blank", "accurflag", "transition_flag", "broadening_flag"):
-        _check_flag(raw, name)
-    flag, accur = raw[F["accurflag"]], raw[F["accur"]].strip() or None
-    ttype, autoionized = _transition_type(raw[F["transition_flag"]], levels)
-    lls = [int_field(raw[F[f"ll{i}"]], f"line list {i}") or None for i in range(1, 10)]
-    refs = reference_keys(ref_line) if ref_line is not None else NO_REFERENCES
-    einsteina = None if skip_calc else einstein_a(loggf, levels[1][3], wave)
-    states = []
-    for (energy, scaled, j, j_scaled), side, lande, ll, ref in zip(
-            levels, ("lower", "upper"), landes, lls[2:4], refs[2:4]):
-        description = raw[F[f"{side}_term"]].rstrip(" ") or None
-        coupling = raw[F[f"{side}_coupling"]].strip() or None
-        states.append((species_id, energy, scaled, j, j_scaled, lande, description, coupling,
-                       ll, methods.get(ll), ref, refs[4], refs[8],
-                       *decode_level(coupling, description, is_molecule(species_id, coupling))))
-    ritz_refs = _joined_keys(refs[2], refs[3])
-    transition = (species_id, wave, ritz, loggf, einsteina, gammarad, gammastark, gammawaals,
-                  sigma, alpha, flag.strip() or None, accur, loggf_error(flag, accur),
-                  ttype, autoionized, methods.get(lls[0]), raw[F["comment"]].strip() or None,
-                  refs[0], ritz_refs, refs[1], refs[5], refs[6], refs[7], *lls)
-    return Record(level_key(species_id, levels[0][1], levels[0][3]),
-                  level_key(species_id, levels[1][1], levels[1][3]), states[0], states[1], transition)
+    value = {}
+    for f in CHECK_ORDER:  # the first problem found is the reason given
+        value[f.name] = field_value(f, raw[f.name])
+        if f.required and value[f.name] is None:
+            raise RejectedLine(f"no {f.text}")
+        if f.name == "species_id" and value[f.name] <= 0:
+            raise RejectedLine(f"bad species index {value[f.name]}")
+        if f.name == "wave_measured" and value["wave_ritz"] is None and value[f.name] is None:
+            raise RejectedLine("no wavelength")
+    wave = value["wave_measured"] or value["wave_ritz"]
+    keys = reference_keys(ref_line) if ref_line is not None else NO_REFERENCES
+    lower, upper = (_level_row(side, raw, value, keys, methods) for side in ("lower", "upper"))
+    flag = raw["transition_flag"]
+    autoionized = flag == "A" and lower["energy_scaled"] > upper["energy_scaled"]
+    gammawaals, sigma, alpha = waals_values(value["gammawaals"])
+    accur = raw["accur"].strip() or None
+    transition = {f.column: _stripped(value[f.name]) for f in DATA_FIELDS if f.level is None and f.column}
+    transition.update(
+        gammawaals=gammawaals, wave=wave,
+        einsteina=None if skip_calc else einstein_a(value["loggf"], upper["J_scaled"], wave),
+        sigmawaals=sigma, alphawaals=alpha, loggf_err=loggf_error(raw["accurflag"], accur),
+        transition_type=None if autoionized else TRANSITION_TYPES[flag], autoionized=autoionized,
+        wave_method=methods.get(value[LINE_LISTS[FIELD["wave_measured"].refs[0]].name]),
+        **reference_columns(keys, None))
+    species_id = value["species_id"]
+    return Record(level_key(species_id, lower["energy_scaled"], lower["J_scaled"]),
+                  level_key(species_id, upper["energy_scaled"], upper["J_scaled"]),
+                  lower, upper, {c: transition[c] for c in TRANSITION_COLUMNS[len(TRANSITION_SLOTS):]})
 
 
-def _decimal(raw, name, label):
-    return decimal_text(raw[F[name]], label, DATA_FIELDS[F[name]])
+CHECK_ORDER = (FIELD["species_id"], *(f for f in DATA_FIELDS if f.name != "species_id"))
 
 
-def _sentinel_decimal(raw, name, sentinel):
-    text = _decimal(raw, name, name)
-    return None if text is None or float(text) == sentinel else text
+def _stripped(value):
+    return (value.strip() or None) if isinstance(value, str) else value
 
 
-def _check_flag(raw, name):
-    allowed = {"blank": " ", "accurflag": ACCURACY_FLAGS, "transition_flag": TRANSITION_TYPES,
-               "broadening_flag": BROADENING_FLAGS}[name]
-    if raw[F[name]] not in allowed:
-        raise RejectedLine(f"unknown {name.replace('_', ' ')} {raw[F[name]]!r}")
+def _level_row(side, raw, value, keys, methods) -> dict:
+    """The STATE_COLUMNS values (without the slots) of the ``side`` level of a line."""
+    fields = {f.column: f for f in DATA_FIELDS if f.level == side and f.column}
+    energy = fields["energy"]
+    species_id = value["species_id"]
+    linelist = value[LINE_LISTS[energy.refs[0]].name]
+    row = dict(species_id=species_id, energy=value[energy.name],
+               energy_scaled=scaled_int(value[energy.name], energy.places, energy.text),
+               J=value[fields["J"].name], lande=value[fields["lande"].name],
+               J_scaled=UNKNOWN_J if value[fields["J"].name] is None
+               else scaled_int(value[fields["J"].name], fields["J"].places, fields["J"].text),
+               coupling_case=raw[fields["coupling_case"].name].strip() or None,
+               term_desc=raw[fields["term_desc"].name].rstrip(" ") or None,
+               energy_linelist_id=linelist, energy_method=methods.get(linelist),
+               **reference_columns(keys, side))
+    qn = decode_level(row["coupling_case"], row["term_desc"],
+                      is_molecule(species_id, row["coupling_case"]))
+    row.update(zip(LEVEL_QN_COLUMNS, qn))
+    return {c: row[c] for c in STATE_COLUMNS[len(STATE_SLOTS):]}
 
 
-def _transition_type(flag, levels):
-    """(transition_type, autoionized): flag A with lower energy above upper is autoionisation."""
-    if flag == "A" and levels[0][1] > levels[1][1]:
-        return None, True
-    return TRANSITION_TYPES[flag], False
+def canonical_line(line: str) -> str:
+    """``line`` (one parse_record accepts) with every number printed the way the Fortran
+    format prints it: exactly its decimals, no plus sign, right-justified.
 
-
-def _joined_keys(*fields):
-    keys = []
-    for f in fields:
-        for key in (f or "").split(","):
-            if key and key not in keys:
-                keys.append(key)
-    return ",".join(keys) or None
-
-
-# Fast path -------------------------------------------------------------------
-# parse_record is the reference: it explains every rejection. The fast path
-# below handles ordinary lines straight from bytes and hands anything unusual
-# to parse_record, so both always agree (tests/test_fast_parse.py).
-
-TEXT, TUPLES = "text", "tuples"  # transition rows as COPY/LOAD DATA text, or as tuples
-NULL = b"\\N"
-_UNPACK = struct.Struct("".join(f"{f.width}s" for f in DATA_FIELDS)).unpack
-_PRINTABLE = bytes(range(32, 127))
-_NUMERIC_BYTES = b" 0123456789.+-X"  # X: unknown J
-(_RITZ, _MEAS, _SPECIES, _LOGGF, _ELO, _JLO, _EUP, _JUP, _LANDE_LO, _LANDE_UP, _LANDE_MEAN,
- _GRAD, _GSTARK, _GWAALS, _CLO, _TLO, _CUP, _TUP, _BLANK, _AFLAG, _ACCUR, _TFLAG, _BFLAG,
- _COMMENT) = range(24)
-_LL = 24
-_FLAGS_OK = tuple(frozenset(ord(c) for c in allowed)
-                  for allowed in (" ", ACCURACY_FLAGS, TRANSITION_TYPES, BROADENING_FLAGS))
-
-
-class _Unusual(Exception):
-    """Something the fast path does not handle: parse_record decides."""
-
-
-@dataclass(frozen=True)
-class ParseConfig:
-    """How a batch is parsed; picklable, for worker processes."""
-
-    skip_header: int = 2
-    skip_calc: bool = False
-    methods: tuple = ()  # (line-list id, method) pairs
-    rows: str | None = TUPLES  # TEXT, TUPLES, or None (pass 1 needs no transition rows)
-
-
-def _decimal_bytes(text: bytes, places: int) -> tuple:
-    """(stripped digits, value) of a decimal field with exactly ``places`` decimals;
-    (None, None) when blank. float() checks the structure ("1-2.345" raises ValueError)."""
-    text = text.strip()
-    if not text:
-        return None, None
-    if text[-places - 1:-places] != b".":
-        raise _Unusual
-    return text, float(text)
-
-
-def _copy_bytes(text: bytes) -> bytes:
-    """Text for COPY / LOAD DATA: backslashes doubled (the fast path has no control characters)."""
-    return text.replace(b"\\", b"\\\\") if b"\\" in text else text
-
-
-_TYPE_PREFIX = re.compile(rb"[^\s,:]+:")  # "wl:" before a key
-_ODD_REFERENCE = re.compile(rb",,|(?:^|\s),|,(?:\s|$)|:(?:\s|$|,)|\\")  # empty keys, backslashes
-_NO_REFERENCE_FIELDS = (NO_REFERENCES, None, (NULL,) * len(REFERENCE_QUANTITIES), NULL)
-
-
-def _checked_reference(ref: bytes | None):
-    """What the fast path needs of a reference line when no key is used: that it is valid."""
-    if ref is not None and (len(ref.split()) > len(REFERENCE_QUANTITIES) or len(ref) > REF_KEY_LENGTH):
-        _reference_fields(ref)  # raises _Unusual when it is not
-    return None
-
-
-@functools.lru_cache(maxsize=1 << 12)
-def _reference_fields(ref: bytes | None) -> tuple:
-    """(keys, Ritz keys) as str and as COPY text, of a reference line (see reference_keys)."""
-    if ref is None:
-        return _NO_REFERENCE_FIELDS
-    if (b"," in ref or b"\\" in ref or b": " in ref or ref[-1:] == b":") and _ODD_REFERENCE.search(ref):
-        raise _Unusual
-    cleaned = _TYPE_PREFIX.sub(b"", ref)
-    texts = cleaned.split()
-    missing = len(REFERENCE_QUANTITIES) - len(texts)
-    if missing < 0 or len(cleaned) > REF_KEY_LENGTH and max(map(len, texts)) > REF_KEY_LENGTH:
-        raise _Unusual
-    keys = tuple(cleaned.decode().split()) + (None,) * missing
-    ritz = keys[2] if keys[3] in (None, keys[2]) else _joined_keys(keys[2], keys[3])
-    return (keys, ritz, tuple(texts) + (NULL,) * missing,
-            NULL if ritz is None else ritz.encode())
-
-
-@functools.lru_cache(maxsize=1 << 12)
-def _accuracy(flag: bytes, accur: bytes) -> tuple:
-    """(accurflag, accur, loggf_err) as Python values and as COPY text."""
-    flag_s, accur_s = flag.decode().strip() or None, accur.decode().strip() or None
-    err = loggf_error(flag.decode(), accur_s)
-    return (flag_s, accur_s, err, NULL if flag_s is None else flag.strip(),
-            NULL if accur_s is None else _copy_bytes(accur.strip()),
-            NULL if err is None else repr(err).encode())
-
-
-def _fast_record(raw: bytes, ref: bytes | None, config: ParseConfig, methods: dict,
-                 shipped, levels: dict):
-    """(lower key, upper key, transition row) of an ordinary data line, straight from bytes.
-
-    Adds the state rows of its levels that are not in ``shipped`` to ``levels``.
-    Raises _Unusual (or ValueError, OverflowError) for anything parse_record must look at.
+    The columnar parser takes a line parse_record had to decide on in this form: same
+    values, one code path for all the rows of a batch.
     """
-    if len(raw) != LINE_WIDTH:
-        if len(raw) > LINE_WIDTH:
-            raise _Unusual
-        raw = raw.ljust(LINE_WIDTH)
-    if (not raw.isascii() or raw.translate(None, _PRINTABLE)
-            or raw[:127].translate(None, _NUMERIC_BYTES) or raw[329:].translate(None, b" 0123456789")):
-        raise _Unusual
-    f = _UNPACK(raw)
-    lls = raw[329:].split()
-    if len(lls) != 9 or b" " in raw[332::4]:  # a blank I4 field, or one with a blank inside
-        lls = [ll.strip() for ll in f[_LL:]]
-        if any(b" " in ll for ll in lls):
-            raise _Unusual
-        lls = [ll or b"0" for ll in lls]  # blank reads as 0: no line list
-    if (f[_BLANK] != b" " or f[_AFLAG][0] not in _FLAGS_OK[1] or f[_TFLAG][0] not in _FLAGS_OK[2]
-            or f[_BFLAG][0] not in _FLAGS_OK[3]):
-        raise _Unusual
-    species = int(f[_SPECIES])
-    ritz, ritz_v = _decimal_bytes(f[_RITZ], 5)
-    measured, measured_v = _decimal_bytes(f[_MEAS], 5)
-    wave, wave_v = (measured, measured_v) if measured_v else (ritz, ritz_v)
-    loggf, loggf_v = _decimal_bytes(f[_LOGGF], 3)
-    e_lo = _decimal_bytes(f[_ELO], 4)[0]
-    e_up = _decimal_bytes(f[_EUP], 4)[0]
-    if species <= 0 or wave is None or e_lo is None or e_up is None:
-        raise _Unusual
-    j_lo, j_up = f[_JLO].strip(), f[_JUP].strip()
-    j_lo = None if j_lo in (b"", b"X") else _decimal_bytes(j_lo, 1)[0]
-    j_up = None if j_up in (b"", b"X") else _decimal_bytes(j_up, 1)[0]
-    energy_lo, energy_up = int(e_lo.replace(b".", b"")), int(e_up.replace(b".", b""))
-    jj_lo = int(j_lo.replace(b".", b"")) if j_lo else UNKNOWN_J
-    jj_up = int(j_up.replace(b".", b"")) if j_up else UNKNOWN_J
-    if j_lo and jj_lo < 0 or j_up and jj_up < 0 or species >= 1 << 20:
-        raise _Unusual  # a negative J
-    lande_lo, lande_lo_v = _decimal_bytes(f[_LANDE_LO], 2)
-    lande_up, lande_up_v = _decimal_bytes(f[_LANDE_UP], 2)
-    _decimal_bytes(f[_LANDE_MEAN], 2)
-    grad, grad_v = _decimal_bytes(f[_GRAD], 3)
-    gstark, gstark_v = _decimal_bytes(f[_GSTARK], 3)
-    gwaals, gwaals_v = _decimal_bytes(f[_GWAALS], 3)
-    key_lo, key_up = level_key(species, energy_lo, jj_lo), level_key(species, energy_up, jj_up)
-    if config.rows is None and (key_lo in shipped or key_lo in levels) and (
-            key_up in shipped or key_up in levels):
-        refs = _checked_reference(ref)  # pass 1, levels already sent: the keys are not needed
-    else:
-        refs, ritz_refs, ref_text, ritz_text = _reference_fields(ref)
-    einsteina = None
-    if loggf is not None and jj_up != UNKNOWN_J and not config.skip_calc and wave_v:
-        einsteina = EINSTEIN_A_CONSTANT * 10.0 ** loggf_v / ((jj_up / 5 + 1) * wave_v * wave_v)
-        if not einsteina < math.inf:
-            raise _Unusual
-    # every check passed: from here on the line is imported
-    if key_lo not in levels and key_lo not in shipped:
-        levels[key_lo] = _state_row((species, energy_lo, jj_lo), e_lo, j_lo, lande_lo_v, lande_lo,
-                                    f[_CLO], f[_TLO], lls[2], refs[2], refs, methods)
-    if key_up not in levels and key_up not in shipped:
-        levels[key_up] = _state_row((species, energy_up, jj_up), e_up, j_up, lande_up_v, lande_up,
-                                    f[_CUP], f[_TUP], lls[3], refs[3], refs, methods)
-    if config.rows is None:
-        return key_lo, key_up, None
-    if grad_v == 0:
-        grad = grad_v = None
-    if gstark_v == 0:
-        gstark = gstark_v = None
-    sigma = alpha = None
-    if gwaals_v == 0:
-        gwaals = gwaals_v = None
-    elif gwaals_v is not None and gwaals_v > 0:
-        whole, _, frac = gwaals.lstrip(b"+").partition(b".")
-        sigma, alpha, gwaals = int(whole or b"0"), b"0." + frac, None
-    flag = f[_TFLAG]
-    autoionized = flag == b"A" and energy_lo > energy_up
-    ttype = None if autoionized else _TYPE_BYTES[flag]
-    aflag, accur, err, aflag_b, accur_b, err_b = _accuracy(f[_AFLAG], f[_ACCUR])
-    comment = f[_COMMENT].strip()
-    method = methods.get(int(lls[0])) if methods else None
-    if config.rows == TUPLES:
-        return key_lo, key_up, (
-            species, wave_v, ritz_v, loggf_v, einsteina, grad_v, gstark_v,
-            None if gwaals is None else gwaals_v, sigma, None if alpha is None else float(alpha),
-            aflag, accur, err, None if ttype is None else ttype.decode(), autoionized, method,
-            comment.decode() or None, refs[0], ritz_refs, refs[1], refs[5], refs[6], refs[7],
-            *[int(ll) or None for ll in lls])
-    return key_lo, key_up, b"\t".join((
-        f[_SPECIES].strip(), wave, ritz or NULL, loggf or NULL,
-        NULL if einsteina is None else repr(einsteina).encode(), grad or NULL, gstark or NULL,
-        gwaals or NULL, NULL if sigma is None else str(sigma).encode(), alpha or NULL,
-        aflag_b, accur_b, err_b, ttype or NULL, b"1" if autoionized else b"0",
-        NULL if method is None else str(method).encode(),
-        _copy_bytes(comment) if comment else NULL, ref_text[0], ritz_text, ref_text[1],
-        ref_text[5], ref_text[6], ref_text[7], *[NULL if ll == b"0" else ll for ll in lls]))
-
-
-_TYPE_BYTES = {flag.encode(): name.encode() for flag, name in TRANSITION_TYPES.items()}
-
-
-def _float(text: bytes | None) -> float | None:
-    return None if text is None else float(text)
-
-
-def _state_row(key, energy, j, lande_value, lande, coupling, term, ll, energy_ref, refs,
-               methods) -> tuple:
-    """STATE_COLUMNS values (without run_id) of a level, from the bytes of its data line."""
-    lande = None if lande is None or lande_value == 99 else lande.decode()
-    description = term.rstrip(b" ").decode() or None
-    coupling = coupling.strip().decode() or None
-    ll = int(ll) or None
-    return (key[0], energy.decode(), key[1], None if j is None else j.decode(), key[2], lande,
-            description, coupling, ll, methods.get(ll), energy_ref, refs[4], refs[8],
-            *decode_level(coupling, description, is_molecule(key[0], coupling)))
-
-
-def _text_value(value) -> bytes:
-    """A Python value as COPY / LOAD DATA text."""
-    if value is None:
-        return NULL
-    if value is True or value is False:
-        return b"1" if value else b"0"
-    if isinstance(value, str):
-        return value.encode().replace(b"\\", b"\\\\").replace(b"\t", b"\\t").replace(
-            b"\n", b"\\n").replace(b"\r", b"\\r")
-    return repr(value).encode() if isinstance(value, float) else str(value).encode()
-
-
-_TUPLE_DECIMALS = tuple(TRANSITION_COLUMNS.index(c) - 2 for c in (
-    "wave", "waveritz", "loggf", "gammarad", "gammastark", "gammawaals", "alphawaals"))
-
-
-def transition_output(row: tuple, rows: str | None):
-    """A parse_record transition row in the form ``rows`` asks for (see _fast_record)."""
-    if rows is None:
-        return None
-    if rows == TEXT:
-        return b"\t".join([_text_value(v) for v in row])
-    values = list(row)
-    for i in _TUPLE_DECIMALS:
-        if values[i] is not None:
-            values[i] = float(values[i])
-    return tuple(values)
-
-
-def line_kind(raw: bytes) -> str:
-    """How a physical line is handled: "data", "reference", "blank", "comment" or "unknown"."""
-    stripped = raw.strip()
-    if not stripped:
-        return "blank"
-    if raw[:1] == b"#":
-        return "comment"
-    if b"Unknown" in raw:
-        return "unknown"
-    if 97 <= raw[0] <= 122:  # a lowercase ASCII letter
-        return "reference"
-    return "data"
+    raw = slice_data_line(line)
+    out = []
+    for f in DATA_FIELDS:
+        text = raw[f.name]
+        stripped = text.strip()
+        if f.kind == "decimal" and stripped and stripped != "X":
+            scaled = scaled_int(stripped.lstrip("+"), f.places, f.text)
+            digits = str(abs(scaled)).rjust(f.places + 1, "0")
+            sign = "-" if stripped.startswith("-") else ""
+            text = f"{sign}{digits[:len(digits) - f.places]}.{digits[len(digits) - f.places:]}"
+        elif f.kind == "int" and stripped:
+            text = str(int(stripped))
+        out.append(text.rjust(f.width) if f.kind in ("decimal", "int") else text)
+    return "".join(out)
 
 
 def decoded_line(raw: bytes) -> str:
@@ -790,93 +674,1051 @@ def decoded_line(raw: bytes) -> str:
     return text
 
 
+def check_complete(data: bytes, ref: bytes | None):
+    """Reject the record the input ends in, without an end of line, when it may be cut
+    off (an interrupted download): a data line that stops before the end of its last
+    field (the line-list ids, column 365), or a reference line (nothing tells where it
+    ends). Only the input's last line can lack its end of line."""
+    last = ref if ref is not None else data
+    if last.endswith(b"\n"):
+        return
+    if ref is not None:
+        raise RejectedLine("truncated input: it ends inside this record's reference line, "
+                           "without an end of line")
+    width = len(data.rstrip(b"\r"))
+    if width < LINE_WIDTH:
+        raise RejectedLine(f"truncated input: the last line stops at column {width}, without "
+                           f"an end of line, before the end of its last field (column {LINE_WIDTH})")
+
+
+def oracle_record(data: bytes, ref: bytes | None, config: "ParseConfig") -> Record:
+    """parse_record on raw bytes, as the columnar parser hands a line over."""
+    return parse_record(decoded_line(data), None if ref is None else decoded_line(ref),
+                        config.skip_calc, dict(config.methods))
+
+
+# Columnar parser ------------------------------------------------------------
+# A batch travels as arrays: the data lines become one byte matrix (a row per line,
+# LINE_WIDTH columns), every field is checked and converted for all rows at once, and
+# only the lines that fail a check go to parse_record, one by one, which rejects them
+# with a reason or accepts them (they then join the matrix printed canonically).
+
+TEXT, TUPLES = "text", "tuples"  # the writer's row form: COPY / LOAD DATA text, or columns
+NULL = b"\\N"
+
+
+@dataclass(frozen=True)
+class ParseConfig:
+    """How a batch is parsed; picklable, for the parser processes."""
+
+    skip_header: int = 2
+    skip_calc: bool = False
+    methods: tuple = ()  # (line-list id, method) pairs
+    rows: str = TUPLES  # TEXT or TUPLES: the form the writer takes
+    transitions: bool = True  # False: pass 1 needs only the levels
+
+
+class TextRows:
+    """Rows as COPY / LOAD DATA text, back to back in ``data`` (uint8): row i is
+    ``data[offsets[i]:offsets[i + 1]]``. Each row starts with ``slots`` fields of
+    SLOT_WIDTH zero digits that the writer fills (ids are known only once the levels
+    are stored), so the text is built where the batch is parsed."""
+
+    def __init__(self, data: np.ndarray, offsets: np.ndarray, slots: int):
+        self.data, self.offsets, self.slots = data, offsets, slots
+
+    def __len__(self):
+        return len(self.offsets) - 1
+
+    def take(self, index: np.ndarray) -> "TextRows":
+        """The rows ``index``, in that order."""
+        starts, lengths = self.offsets[:-1][index], np.diff(self.offsets)[index]
+        offsets = np.zeros(len(index) + 1, np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        return TextRows(self.data[ragged_arange(starts, lengths)], offsets, self.slots)
+
+    def fill(self, slot: int, values):
+        """Write ``values`` (ints, or one int for every row) into slot ``slot`` of each row."""
+        digits = zero_padded(np.broadcast_to(np.asarray(values, np.int64), (len(self),)), SLOT_WIDTH)
+        at = self.offsets[:-1, None] + slot * (SLOT_WIDTH + 1) + np.arange(SLOT_WIDTH)
+        self.data[at] = digits
+
+    def tobytes(self) -> bytes:
+        return self.data.tobytes()
+
+    def values(self) -> list[tuple]:
+        """The rows as tuples of Python values (str or None): for an INSERT, and for tests."""
+        lines = self.tobytes().decode().split("\n")[:-1]
+        return [tuple(None if v == "\\N" else _copy_unescaped(v) for v in line.split("\t"))
+                for line in lines]
+
+
+def _copy_unescaped(text: str) -> str:
+    return text.replace("\\\\", "\\") if "\\" in text else text
+
+
+class ColumnRows:
+    """Rows as columns, for executemany: each column a float64 array (NaN is NULL: SQLite
+    stores it so, and makes 5.0 the integer 5 in an integer column) or a Strings."""
+
+    def __init__(self, columns: list, slots: int):
+        self.columns, self.slots = columns, slots
+
+    def __len__(self):
+        return len(self.columns[0])
+
+    def take(self, index: np.ndarray) -> "ColumnRows":
+        return ColumnRows([c.take(index) if isinstance(c, Strings) else c[index] for c in self.columns],
+                          self.slots)
+
+    def tuples(self, *slots) -> list[tuple]:
+        """The rows, led by the ``slots`` values (arrays or one value for every row)."""
+        n = len(self)
+        leading = [np.broadcast_to(np.asarray(s), (n,)).tolist() for s in slots]
+        return list(zip(*leading, *(c.tolist() for c in self.columns)))
+
+
+@dataclass
+class Strings:
+    """A text column as codes into a small table (None where the table says so)."""
+
+    codes: np.ndarray  # int32
+    table: list
+
+    def take(self, index) -> "Strings":
+        return Strings(self.codes[index], self.table)
+
+    def tolist(self) -> list:
+        return np.array(self.table + [None], dtype=object)[self.codes].tolist()
+
+    def __len__(self):
+        return len(self.codes)
+
+
+def ragged_arange(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenated ranges [starts[i], starts[i] + lengths[i])."""
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, np.int64)
+    ends = np.cumsum(lengths)
+    return np.arange(total, dtype=np.int64) + np.repeat(starts - (ends - lengths), lengths)
+
+
+_POWERS = 10 ** np.arange(19, dtype=np.int64) if np else None  # up to 10**18, within int64
+
+
+def zero_padded(values: np.ndarray, width: int) -> np.ndarray:
+    """ASCII digits of non-negative ints, ``width`` per row, zero-padded (uint8 matrix)."""
+    return ((values[:, None] // _POWERS[width - 1::-1]) % 10 + 48).astype(np.uint8)
+
+
 @dataclass
 class ParsedBatch:
-    """What the parser made of one batch of lines."""
+    """What the parser made of one batch of lines, as arrays.
 
-    keys: list = field(default_factory=list)  # distinct level keys of the batch's records
-    levels: dict = field(default_factory=dict)  # key -> state row, unless already shipped
-    transitions: list = field(default_factory=list)  # (line_number, lower_key, upper_key, row)
+    ``keys`` are the distinct level keys the batch's records name (sorted); ``lower`` and
+    ``upper`` index them per record. The batch carries the rows (``levels``, in the order
+    of ``keys[carried]``) of the keys this parser had not met before: the parser-to-writer
+    contract of LevelKeys.
+    """
+
+    records: int = 0
+    line_numbers: np.ndarray = None  # int64 [records]: line number of each data line
+    species: np.ndarray = None  # int64 [records]
+    keys: np.ndarray = None  # complex128 [k]
+    lower: np.ndarray = None  # int64 [records], into keys
+    upper: np.ndarray = None
+    carried: np.ndarray = None  # bool [k]
+    levels: TextRows | ColumnRows | None = None
+    transitions: TextRows | ColumnRows | None = None
     rejects: list = field(default_factory=list)  # (line_number, reason, raw_text)
     skipped: Counter = field(default_factory=Counter)  # reason -> lines
-    records: int = 0
-    seconds: float = 0.0  # CPU time the parse took, wherever it ran
+    oracle: int = 0  # lines parse_record decided on
+    seconds: float = 0.0  # CPU time of the parse, wherever it ran
 
     @property
-    def species(self) -> set:
-        return {key & 0xFFFFF for key in self.keys}  # key_parts(key)[0]
+    def species_ids(self) -> set:
+        return set(np.unique(self.species).tolist()) if self.records else set()
 
 
-def parse_batch(lines: list[bytes], first_line: int, config: ParseConfig = ParseConfig(),
-                shipped=frozenset()) -> ParsedBatch:
-    """Parse a batch of physical lines; ``first_line`` is the 1-based number of lines[0].
+def parse_batch(data: bytes, first_line: int = 1, config: ParseConfig = ParseConfig(),
+                shipped: "LevelKeys | None" = None) -> ParsedBatch:
+    """Parse a batch of whole physical lines; ``first_line`` is the number of its first line.
 
-    State rows are left out for keys in ``shipped`` (levels this process sent
-    before); transition rows take the form ``config.rows`` asks for.
+    Rows of levels whose keys are in ``shipped`` are left out, and the others are added
+    to it. Only the input's last line may lack its end of line (a download cut off?):
+    its record goes to parse_record, after check_complete.
     """
     started = time.process_time()
-    out, methods, keys = ParsedBatch(), dict(config.methods), {}
-    for number, data_raw, ref_raw in _records(lines, first_line, config.skip_header, out):
+    lines = LineTable(data, first_line, config.skip_header)
+    out = ParsedBatch(rejects=lines.rejects, skipped=lines.skipped)
+    matrix = lines.data_matrix()
+    values, ok = field_columns(matrix, config.skip_calc)
+    records = np.arange(len(matrix))
+    for row in np.flatnonzero(~ok):  # the exception path: parse_record decides
+        out.oracle += 1
         try:
-            lower, upper, row = _fast_record(data_raw.rstrip(b"\r\n"), ref_raw and ref_raw.rstrip(b"\r\n"),
-                                             config, methods, shipped, out.levels)
-        except (_Unusual, ValueError, OverflowError):
-            try:
-                record = parse_record(decoded_line(data_raw),
-                                      decoded_line(ref_raw) if ref_raw is not None else None,
-                                      config.skip_calc, methods)
-            except RejectedLine as reason:
-                out.rejects.append((number, str(reason), _raw_text(data_raw)))
-                continue
-            lower, upper = record.lower_key, record.upper_key
-            row = transition_output(record.transition, config.rows)
-            for key, state in ((lower, record.lower), (upper, record.upper)):
-                if key not in shipped:
-                    out.levels.setdefault(key, state)
-        out.records += 1
-        keys[lower] = keys[upper] = None
-        out.transitions.append((number, lower, upper, row))
-    out.keys = list(keys)
+            check_complete(*lines.with_line_ends(row))
+            oracle_record(lines.text(row), lines.reference(row), config)
+            matrix[row] = np.frombuffer(canonical_line(lines.text(row).decode()).encode(), np.uint8)
+        except RejectedLine as reason:
+            lines.reject(row, str(reason))
+            records[row] = -1
+    unusual = np.flatnonzero(~ok & (records >= 0))
+    if len(unusual):
+        fixed, fixed_ok = field_columns(matrix[unusual], config.skip_calc)
+        assert fixed_ok.all(), "canonical_line gave a line the columnar parser refuses"
+        for name, column in values.items():
+            column[unusual] = fixed[name]
+    refs = lines.references(records >= 0)
+    records = np.flatnonzero(refs.codes[:, 0] >= 0)
+    out.records = len(records)
+    out.line_numbers = lines.data_numbers[records]
+    values = {name: column[records] for name, column in values.items()}
+    matrix, refs.codes = matrix[records], refs.codes[records]
+    out.species = values["species_id"]
+    _level_keys(out, values, shipped)
+    if out.records and config.transitions:
+        out.transitions = transition_rows(matrix, values, refs, config)
+    if out.records:
+        out.levels = level_rows(out, matrix, values, refs, config)
+    out.rejects.sort()
     out.seconds = time.process_time() - started
     return out
 
 
-def _records(lines, first_line, skip_header, out):
-    """(line number, data line, reference line or None) per record; counts skipped lines."""
-    pending = None
-    for number, raw in enumerate(lines, first_line):
-        if number <= skip_header:
-            out.skipped["header"] += 1
-            continue
-        first = raw[0]
-        kind = "data" if (first == 32 or 48 <= first <= 57) and b"Unknown" not in raw \
-            and not raw.isspace() else line_kind(raw)
-        if kind == "reference":
-            if pending is not None and pending[2] is None and pending[0] == number - 1:
-                pending = (pending[0], pending[1], raw)
-                out.skipped["reference"] += 1
+def _level_keys(out: ParsedBatch, values: dict, shipped):
+    n = out.records
+    both = np.empty(2 * n, np.complex128)  # lower, upper of each record: the first line wins
+    for side, at in (("lower", 0), ("upper", 1)):
+        both[at::2] = level_keys(values["species_id"], values[f"{side}_energy"], values[f"{side}_j"])
+    out.keys, first, inverse = np.unique(both, return_index=True, return_inverse=True)
+    out.lower, out.upper = inverse[0::2], inverse[1::2]
+    out.carried = np.ones(len(out.keys), bool) if shipped is None else ~shipped.contains(out.keys)
+    if shipped is not None:
+        shipped.add(out.keys[out.carried])
+    out._first = first[out.carried]  # where each carried level is first named: 2 * record + side
+
+
+def level_keys(species: np.ndarray, energy_scaled: np.ndarray, j_scaled: np.ndarray) -> np.ndarray:
+    """level_key of arrays."""
+    return (species * 131072 + j_scaled + 1).astype(np.float64) + 1j * energy_scaled.astype(np.float64)
+
+
+def key_columns(keys: np.ndarray) -> tuple:
+    """(species, energy_scaled, J_scaled) int64 arrays of level keys."""
+    real = keys.real.astype(np.int64)
+    return real >> 17, keys.imag.astype(np.int64), (real & 131071) - 1
+
+
+# The lines of a batch ------------------------------------------------------------
+
+_LOWERCASE = np.arange(256).__ge__(97) & np.arange(256).__le__(122) if np else None
+
+
+class LineTable:
+    """The physical lines of a batch: where each starts and ends, what kind it is, and
+    the matrix of its data lines (each record's reference line attached)."""
+
+    def __init__(self, data: bytes, first_line: int, skip_header: int):
+        self.data = bytes(data)
+        buf = self.buf = np.frombuffer(self.data, np.uint8)
+        ends = np.flatnonzero(buf == 10)
+        self.unterminated = bool(len(buf)) and buf[-1] != 10  # the input's last line has no end
+        if self.unterminated:
+            ends = np.append(ends, len(buf))
+        starts = np.zeros(len(ends), np.int64)
+        starts[1:] = ends[:-1] + 1
+        stops = ends.copy()
+        cr = (stops > starts) & (buf[np.maximum(stops - 1, 0)] == 13) if len(buf) else stops > starts
+        stops[cr] -= 1
+        self.starts, self.stops = starts, stops
+        self.numbers = first_line + np.arange(len(starts))
+        self.rejects, self.skipped = [], Counter()
+        self._classify(skip_header)
+
+    def _classify(self, skip_header):
+        n, buf = len(self.starts), self.buf
+        first = buf[np.minimum(self.starts, max(len(buf) - 1, 0))] if len(buf) else np.zeros(0, np.uint8)
+        first = np.where(self.stops > self.starts, first, 32)
+        header = self.numbers <= skip_header
+        comment = ~header & (first == 35)
+        unknown = np.zeros(n, bool)
+        at = self.data.find(b"Unknown")
+        while at >= 0:
+            unknown[np.searchsorted(self.starts, at, "right") - 1] = True
+            at = self.data.find(b"Unknown", at + 1)
+        unknown &= ~header & ~comment
+        reference = ~header & ~comment & ~unknown & _LOWERCASE[first]
+        candidate = np.flatnonzero(~header & ~comment & ~unknown & ~reference)
+        matrix = self._matrix(candidate)
+        blank = ~(matrix > 32).any(1)  # only blanks and control characters: look closer
+        for row in np.flatnonzero(blank):
+            line = self.data[self.starts[candidate[row]]:self.stops[candidate[row]]]
+            blank[row] = not line.strip()
+        data = candidate[~blank]
+        self.matrix = matrix[~blank]
+        is_data = np.zeros(n + 1, bool)
+        is_data[data] = True
+        attached = reference & is_data[np.arange(n) - 1] & (np.arange(n) > 0)
+        self.ref_line = np.full(len(data), -1, np.int64)
+        self.ref_line[np.searchsorted(data, np.flatnonzero(attached) - 1)] = np.flatnonzero(attached)
+        for line in np.flatnonzero(reference & ~attached):
+            self.rejects.append((int(self.numbers[line]), "reference line without a data line before it",
+                                 self.raw_text(line)))
+        self.data_lines, self.data_numbers = data, self.numbers[data]
+        self.skipped.update({kind: int(count) for kind, count in (
+            ("header", header.sum()), ("comment", comment.sum()), ("unknown", unknown.sum()),
+            ("blank", blank.sum()), ("reference", attached.sum())) if count})
+
+    def _matrix(self, lines: np.ndarray) -> np.ndarray:
+        """The first LINE_WIDTH bytes of ``lines``, blank-padded, one row each."""
+        padded = np.concatenate([self.buf, np.full(LINE_WIDTH, 32, np.uint8)])
+        windows = np.lib.stride_tricks.sliding_window_view(padded, LINE_WIDTH)
+        matrix = windows[self.starts[lines]]
+        lengths = self.stops[lines] - self.starts[lines]
+        short = np.flatnonzero(lengths < LINE_WIDTH)
+        if len(short):
+            rows = matrix[short]
+            rows[np.arange(LINE_WIDTH) >= lengths[short, None]] = 32
+            matrix[short] = rows
+        return matrix
+
+    def data_matrix(self) -> np.ndarray:
+        """The data lines' matrix; a line the matrix cannot show as it is (longer than
+        LINE_WIDTH, or in the input's unfinished last record) gets a byte that fails the
+        checks, so that parse_record decides."""
+        lengths = self.stops[self.data_lines] - self.starts[self.data_lines]
+        odd = lengths > LINE_WIDTH
+        if self.unterminated and len(self.data_lines):  # the input's last record may be cut off
+            last = len(self.starts) - 1
+            odd[-1] |= self.data_lines[-1] == last or self.ref_line[-1] == last
+        self.matrix[odd, 0] = 0
+        return self.matrix
+
+    def text(self, row: int) -> bytes:
+        """The bytes of data line ``row`` (without its line end)."""
+        line = self.data_lines[row]
+        return self.data[self.starts[line]:self.stops[line]]
+
+    def with_line_ends(self, row: int) -> tuple:
+        """(data line, reference line or None) of a record as read, line ends included."""
+        def ended(line):
+            text = self.data[self.starts[line]:self.stops[line]]
+            return text if self.unterminated and line == len(self.starts) - 1 else text + b"\n"
+        ref = self.ref_line[row]
+        return ended(self.data_lines[row]), None if ref < 0 else ended(ref)
+
+    def reference(self, row: int) -> bytes | None:
+        line = self.ref_line[row]
+        return None if line < 0 else self.data[self.starts[line]:self.stops[line]]
+
+    def raw_text(self, line: int) -> str:
+        return self.data[self.starts[line]:self.stops[line]].decode("utf-8", "backslashreplace")
+
+    def reject(self, row: int, reason: str):
+        self.rejects.append((int(self.data_numbers[row]), reason, self.raw_text(self.data_lines[row])))
+
+    def references(self, valid: np.ndarray) -> "ReferenceKeys":
+        """The reference keys of the ``valid`` records; a record whose reference line is
+        refused is rejected here. Lines are cut into fields for all rows at once, and each
+        distinct field is read once: a batch has few distinct keys, however many lines."""
+        keys = ReferenceKeys(np.zeros((len(self.data_lines), len(REFERENCE_QUANTITIES)), np.int64))
+        rows = np.flatnonzero(valid & (self.ref_line >= 0))
+        lines = self.ref_line[rows]
+        matrix, lengths = self._rows(self.starts[lines], self.stops[lines])
+        plain = ((matrix >= 32) & (matrix <= 126)).all(1) & (lengths <= 4 * LINE_WIDTH)
+        for row, line in zip(rows[~plain], lines[~plain]):  # control characters, odd lengths
+            parsed = parsed_reference(self.data[self.starts[line]:self.stops[line]])
+            if isinstance(parsed, str):
+                self.reject(row, parsed)
+                keys.codes[row] = -1
             else:
-                out.rejects.append((number, "reference line without a data line before it",
-                                    _raw_text(raw)))
+                keys.codes[row] = [keys.code(k) for k in parsed]
+        rows, matrix = rows[plain], matrix[plain]
+        fields = matrix != 32
+        starts = fields.copy()
+        starts[:, 1:] &= ~fields[:, :-1]
+        counts = starts.sum(1)
+        for row, count in zip(rows[counts > len(REFERENCE_QUANTITIES)], counts[counts > len(REFERENCE_QUANTITIES)]):
+            self.reject(row, f"reference line has {count} fields, at most {len(REFERENCE_QUANTITIES)} expected")
+            keys.codes[row] = -1
+        fine = counts <= len(REFERENCE_QUANTITIES)
+        stops = fields.copy()
+        stops[:, :-1] &= ~fields[:, 1:]
+        row_of, start = np.nonzero(starts & fine[:, None])
+        stop = np.nonzero(stops & fine[:, None])[1] + 1
+        slot = np.arange(len(row_of)) - np.searchsorted(row_of, row_of)  # its place in its line
+        token = _KNOWN_FIELDS.identify(matrix, row_of, start, stop)
+        present = np.zeros(len(_KNOWN_FIELDS.keys), bool)
+        present[token] = True
+        used = np.flatnonzero(present)
+        local = np.zeros(len(present), np.int64)
+        local[used] = [keys.code(_KNOWN_FIELDS.keys[i]) for i in used.tolist()]
+        keys.codes[rows[row_of], slot] = local[token]
+        keys.check(self, rows)
+        keys.codes[~valid] = -1
+        return keys
+
+    def _rows(self, starts, stops):
+        """(matrix, lengths) of the lines [starts, stops), blank-padded."""
+        return _rows_of(self.buf, starts, stops - starts, fill=32)
+
+
+def _rows_of(buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray, fill: int = 0):
+    """(matrix, lengths): buf[starts[i]:starts[i] + lengths[i]] as rows, ``fill`` after."""
+    width = max(1, int(lengths.max()) if len(lengths) else 1)
+    padded = np.concatenate([buf, np.full(width, fill, np.uint8)])
+    matrix = np.lib.stride_tricks.sliding_window_view(padded, width)[starts]
+    matrix[np.arange(width) >= lengths[:, None]] = fill
+    return matrix, lengths
+
+
+class KnownFields:
+    """The distinct fields of reference lines met so far, each with its keys (field_keys):
+    a batch's ~100 000 fields are a few hundred distinct ones, so each is identified
+    exactly by its first 32 bytes and its length, looked up in sorted arrays, and only a
+    field never met before (or longer than 32 bytes) is read in Python."""
+
+    WIDTH = 32
+
+    def __init__(self):
+        self.hashes = np.zeros(0, np.uint64)
+        self.words = np.zeros((0, self.WIDTH // 8), np.uint64)
+        self.lengths, self.ids = np.zeros(0, np.int64), np.zeros(0, np.int64)
+        self.keys, self._by_text = [], {}
+
+    def identify(self, matrix, row, start, stop) -> np.ndarray:
+        """The id (into ``keys``) of each field [start, stop) of ``matrix``'s rows ``row``."""
+        width, length = matrix.shape[1], stop - start
+        padded = np.concatenate([matrix.ravel(), np.zeros(self.WIDTH, np.uint8)])
+        text = np.lib.stride_tricks.sliding_window_view(padded, self.WIDTH)[row * width + start]
+        text *= np.arange(self.WIDTH) < length[:, None]
+        words = text.view(np.uint64)
+        with np.errstate(over="ignore"):
+            hashes = (words * _FIELD_HASH[:words.shape[1]]).sum(1, dtype=np.uint64) \
+                ^ length.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        ids = self._lookup(hashes, words, length)
+        new = np.flatnonzero(ids < 0)
+        for i in new[np.unique(hashes[new], return_index=True)[1]] if len(new) else ():
+            self._add(hashes[i], words[i], length[i], bytes(text[i][:min(length[i], self.WIDTH)]),
+                      matrix, row[i], start[i], stop[i])
+        ids[new] = self._lookup(hashes[new], words[new], length[new])
+        for i in np.flatnonzero(ids < 0):  # longer than WIDTH, or a hash two fields share
+            raw = bytes(matrix[row[i], start[i]:stop[i]])
+            ids[i] = self._by_text.setdefault(raw, len(self.keys))
+            if ids[i] == len(self.keys):
+                self.keys.append(field_keys(raw.decode()))
+        return ids
+
+    def _lookup(self, hashes, words, length) -> np.ndarray:
+        ids = np.full(len(hashes), -1, np.int64)
+        if len(self.hashes):
+            at = np.minimum(np.searchsorted(self.hashes, hashes), len(self.hashes) - 1)
+            same = (self.hashes[at] == hashes) & (self.words[at] == words).all(1) & (self.lengths[at] == length)
+            ids[same] = self.ids[at[same]]
+        return ids
+
+    def _add(self, digest, words, length, text, matrix, row, start, stop):
+        if length > self.WIDTH or (self.hashes == digest).any():
+            return  # read in Python each time
+        at = np.searchsorted(self.hashes, digest)
+        self.hashes = np.insert(self.hashes, at, digest)
+        self.words = np.insert(self.words, at, words, axis=0)
+        self.lengths, self.ids = np.insert(self.lengths, at, length), np.insert(self.ids, at, len(self.keys))
+        self.keys.append(field_keys(bytes(matrix[row, start:stop]).decode()))
+
+
+_FIELD_HASH = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0x27D4EB2F165667C5],
+                       np.uint64) if np else None
+_KNOWN_FIELDS = KnownFields() if np else None  # for the whole process: the fields repeat
+
+
+class ReferenceKeys:
+    """The reference keys of a batch's records: ``codes[record, slot]`` indexes ``keys``
+    (0: no key; a row of -1: the record was rejected)."""
+
+    def __init__(self, codes: np.ndarray):
+        self.codes, self.keys, self._index = codes, [None], {None: 0}
+
+    def code(self, key: str | None) -> int:
+        code = self._index.get(key)
+        if code is None:
+            code = self._index[key] = len(self.keys)
+            self.keys.append(key)
+        return code
+
+    def check(self, lines: "LineTable", rows: np.ndarray):
+        """Reject the records with a key longer than its column (the first such field)."""
+        too_long = np.array([key is not None and len(key) > REF_KEY_LENGTH for key in self.keys])
+        bad = too_long[np.maximum(self.codes[rows], 0)]
+        for row, slot in zip(rows[bad.any(1)], bad[bad.any(1)].argmax(1)):
+            key = self.keys[self.codes[row, slot]]
+            lines.reject(row, f"{REFERENCE_QUANTITIES[slot]} reference {key[:20]!r}... is longer "
+                              f"than its column ({REF_KEY_LENGTH} characters)")
+            self.codes[row] = -1
+
+    def column(self, slots: tuple, codes: np.ndarray | None = None) -> Column:
+        """The stored keys of ``slots`` (several: joined) for the rows of ``codes``."""
+        codes = self.codes if codes is None else codes
+        if len(slots) == 1:
+            return Column("table", codes=codes[:, slots[0]], entries=self.keys)
+        pairs = codes[:, slots[0]] * len(self.keys) + codes[:, slots[1]]
+        distinct, inverse = np.unique(pairs, return_inverse=True)
+        return Column("table", codes=inverse.ravel(), entries=[
+            joined_keys(self.keys[c] for c in divmod(pair, len(self.keys))) for pair in distinct.tolist()])
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def parsed_reference(raw: bytes) -> tuple | str:
+    """The keys of a reference line, or the reason it is refused."""
+    try:
+        return reference_keys(decoded_line(raw))
+    except RejectedLine as reason:
+        return str(reason)
+
+
+# Checking and converting whole columns -------------------------------------------
+
+
+def field_columns(matrix: np.ndarray, skip_calc: bool = False) -> tuple[dict, np.ndarray]:
+    """(values, ok) of a matrix of data lines, every field at once.
+
+    ``values[name]`` is the field's value as an int64 array (decimals x 10**places, J
+    with UNKNOWN_J where unknown), ``values[name + "?"]`` whether it is NULL (blank, or
+    its null sentinel), ``values["einsteina"]`` the Einstein A (NaN: none). ``ok`` says
+    which rows passed every check parse_record makes: the others go to it.
+    """
+    columns = np.ascontiguousarray(matrix.T)  # a row per byte column: each field is a few rows
+    ok = ((columns >= 32) & (columns <= 126)).all(0)
+    values = {}
+    for f in DATA_FIELDS:
+        seg = columns[f.start:f.end]
+        if f.kind in ("text", "blank"):
+            if f.allowed is not None:
+                ok &= _allowed_bytes(f.allowed)[seg[0]]
             continue
-        if pending is not None:
-            yield pending
-            pending = None
-        if kind == "data":
-            pending = (number, raw, None)
+        value, present, good = _number(seg, f.width - 1 - f.places if f.kind == "decimal" else None)
+        null = ~present
+        if f.null == "X":  # J: blank or X is unknown, a negative J is refused
+            unknown = ((seg == 88).sum(0) == 1) & ((seg != 32).sum(0) == 1)
+            good |= unknown
+            null |= unknown
+            ok &= null | (value >= 0)
+            value = np.where(null, UNKNOWN_J, value)
+        elif f.null_scaled is not None:
+            null |= value == f.null_scaled
+        ok &= good
+        if f.required:
+            ok &= present
+        values[f.name], values[f.name + "?"] = value, null
+    ok &= values["species_id"] > 0
+    ok &= ~values["wave_measured?"] | ~values["wave_ritz?"]
+    values["einsteina"] = np.full(len(matrix), np.nan) if skip_calc else _einstein_a(values)
+    ok &= ~np.isinf(values["einsteina"])
+    return values, ok
+
+
+@functools.lru_cache(maxsize=None)
+def _allowed_bytes(allowed: str) -> np.ndarray:
+    table = np.zeros(256, bool)
+    table[list(allowed.encode())] = True
+    return table
+
+
+@functools.lru_cache(maxsize=None)
+def _digit_weights(width: int, point: int | None) -> np.ndarray:
+    """10**k for each byte column of a field, 0 at the point: its value from its digits."""
+    weights = np.zeros(width)
+    digits = [c for c in range(width) if c != point]
+    weights[digits] = 10.0 ** np.arange(len(digits) - 1, -1, -1)
+    return weights
+
+
+def _number(seg: np.ndarray, point: int | None) -> tuple:
+    """(value, present, good) of a numeric field, ``seg`` its byte columns (a row each):
+    ``[blanks][-]digits[.digits]`` with the point at ``point`` (None: an I field) and
+    digits after it; the value is the integer of all its digits (decimal x 10**places)."""
+    filled = seg != 32
+    digit = (seg - 48) < 10  # uint8 arithmetic: every other byte wraps to 10 or more
+    minus = seg == 45
+    n_filled, n_digit, n_minus = filled.sum(0), digit.sum(0), minus.sum(0)
+    good = ~(filled[:-1] & ~filled[1:]).any(0)  # no blank after the first non-blank
+    good &= ~(minus[1:] & filled[:-1]).any(0) & (n_minus <= 1)  # a minus only in front
+    if point is None:
+        good &= (n_digit == n_filled - n_minus) & (n_digit > 0)
+    else:
+        good &= (seg[point] == 46) & (n_digit == n_filled - n_minus - 1)
+    value = (_digit_weights(len(seg), point) @ np.where(digit, seg - 48, 0)).astype(np.int64)
+    present = n_filled > 0
+    return np.where(n_minus > 0, -value, value), present, good | ~present
+
+
+def _einstein_a(values: dict) -> np.ndarray:
+    """einstein_a() of every row, bit for bit: 10**loggf is computed by Python's pow for
+    each distinct log gf (NumPy's may differ in the last bit), the rest is the same
+    sequence of IEEE operations."""
+    wave = np.where(values["wave_measured?"], values["wave_ritz"], values["wave_measured"])
+    wave = wave / 10.0 ** FIELD["wave_ritz"].places
+    j_up = values["upper_j"]
+    computable = ~values["loggf?"] & (j_up != UNKNOWN_J) & (wave != 0)
+    result = np.full(len(wave), np.nan)
+    if not computable.any():
+        return result
+    distinct, inverse = np.unique(values["loggf"][computable], return_inverse=True)
+    powers = np.array([_pow10(v) for v in (distinct / 10.0 ** FIELD["loggf"].places).tolist()])
+    w = wave[computable]
+    with np.errstate(over="ignore", invalid="ignore"):
+        result[computable] = EINSTEIN_A_CONSTANT * powers[inverse] / ((j_up[computable] / 5 + 1) * w * w)
+    return result
+
+
+def _pow10(exponent: float) -> float:
+    try:
+        return 10.0 ** exponent
+    except OverflowError:
+        return math.inf
+
+
+# Rows from columns ---------------------------------------------------------------
+# Each stored column is described once (a Column below); render() turns the list into
+# COPY text (TextRows) or executemany columns (ColumnRows), whichever the writer takes.
+
+
+@dataclass
+class Column:
+    """How one stored column is made for every row.
+
+    ``kind`` "digits": a number as the file prints it (``text``: its bytes, blanks
+    dropped; ``value``: the integer of its digits, ``places`` decimals); "chars": text
+    (``text``, blanks stripped at both ends, or only at the right with ``strip="right"``);
+    "table": ``entries[codes]``; "float": ``value``; "int": ``value``. NULL where ``null``.
+    """
+
+    kind: str
+    text: np.ndarray | None = None
+    value: np.ndarray | None = None
+    null: np.ndarray | None = None
+    places: int = 0
+    codes: np.ndarray | None = None
+    entries: list | None = None
+    strip: str = "both"
+    span: tuple | None = None  # chars: (start, stop) of the text in each row, instead of strip
+
+
+def render(columns: list, rows: int, form: str, slots: int) -> "TextRows | ColumnRows":
+    """The rows of ``columns`` in the writer's form, led by ``slots`` id slots."""
+    if form == TEXT:
+        return _text_rows(columns, rows, slots)
+    return ColumnRows([_column_values(c) for c in columns], slots)
+
+
+def _column_values(c: Column):
+    """A column for executemany: float64 (NaN: NULL) or Strings."""
+    if c.kind == "digits":
+        values = c.value / 10.0 ** c.places
+    elif c.kind in ("int", "float"):
+        values = c.value.astype(np.float64)
+    elif c.kind == "chars":
+        text = c.text if c.span is None else _span_masked(c.text, c.span)
+        first, inverse = unique_rows(text)
+        table = [_stripped_text(text[i], c.strip) for i in first]
+        codes = inverse.astype(np.int64)
+        if c.null is not None:
+            codes[c.null] = len(table)
+        return Strings(codes, [None if t == "" else t for t in table])
+    elif any(isinstance(e, str) for e in c.entries):
+        return Strings(c.codes, list(c.entries))
+    else:
+        values = np.array([np.nan if e is None else float(e) for e in c.entries] or [np.nan])[c.codes]
+    if c.null is not None:
+        values = np.where(c.null, np.nan, values)
+    return values
+
+
+def _span_masked(text: np.ndarray, span) -> np.ndarray:
+    position = np.arange(text.shape[1])
+    return np.where((position >= span[0][:, None]) & (position < span[1][:, None]), text, 32)
+
+
+def _stripped_text(row: np.ndarray, strip: str) -> str:
+    text = row.tobytes().decode("ascii")
+    return text.rstrip(" ") if strip == "right" else text.strip(" ")
+
+
+def _text_rows(columns: list, rows: int, slots: int) -> TextRows:
+    """COPY text: every column laid out in a fixed-width block of one matrix, with a count
+    per byte (0 dropped, 1 kept, 2 a backslash written twice), then compacted."""
+    blocks = [_text_source(c) for c in columns]
+    width = slots * (SLOT_WIDTH + 1) + sum(max(2, b.shape[1]) + 1 for b, _ in blocks)
+    matrix = np.empty((rows, width), np.uint8)
+    times = np.empty((rows, width), np.uint8)
+    at = slots * (SLOT_WIDTH + 1)
+    matrix[:, :at] = np.tile(np.frombuffer(b"0" * SLOT_WIDTH + b"\t", np.uint8), slots)
+    times[:, :at] = 1
+    for c, (block, count) in zip(columns, blocks):
+        w = max(2, block.shape[1])
+        matrix[:, at:at + block.shape[1]], times[:, at:at + block.shape[1]] = block, count
+        times[:, at + block.shape[1]:at + w] = 0
+        _null_marker(c, matrix[:, at:at + w], times[:, at:at + w])
+        matrix[:, at + w], times[:, at + w] = 9, 1
+        at += w + 1
+    matrix[:, -1] = 10
+    offsets = np.zeros(rows + 1, np.int64)
+    np.cumsum(times.sum(1, dtype=np.int64), out=offsets[1:])
+    return TextRows(_compacted(matrix, times, offsets), offsets, slots)
+
+
+def _compacted(matrix, times, offsets) -> np.ndarray:
+    """matrix's bytes, each as often as ``times`` says, row after row."""
+    data = matrix[times.view(bool)]  # each kept byte once
+    twos = times == 2
+    rows = np.flatnonzero(twos.any(1))
+    if not len(rows):
+        return data
+    # a byte to double sits, in the text kept once, at its row's offset less the doubled
+    # bytes of earlier rows, plus the bytes kept before it in its row
+    doubled_before = np.concatenate([[0], np.cumsum(twos[rows].sum(1))[:-1]])
+    kept_before = np.cumsum(times[rows].view(bool), axis=1) - 1
+    row, column = np.nonzero(twos[rows])
+    at = offsets[rows[row]] - doubled_before[row] + kept_before[row, column]
+    return np.insert(data, at, 92)
+
+
+def _text_source(c: Column) -> tuple[np.ndarray, np.ndarray]:
+    """(bytes, count) of a column, as wide as it needs."""
+    if c.kind == "digits":
+        return c.text, c.text != 32
+    if c.kind == "chars":
+        text = c.text
+        filled = text != 32
+        position = np.arange(text.shape[1])
+        if c.span is not None:
+            keep = (position >= c.span[0][:, None]) & (position < c.span[1][:, None])
+            filled &= keep
         else:
-            out.skipped[kind] += 1
-    if pending is not None:
-        yield pending
+            keep = position <= (text.shape[1] - 1 - np.argmax(filled[:, ::-1], axis=1))[:, None]
+            if c.strip == "both":
+                keep &= position >= np.argmax(filled, axis=1)[:, None]
+        keep &= filled.any(1)[:, None]
+        return text, keep.view(np.uint8) + (keep & (text == 92))
+    if c.kind == "table":
+        table, count = _rendered_table(c.entries)
+        return table[c.codes], count[c.codes]
+    if c.kind == "int":
+        return _int_text(c.value)
+    return _float_text(c.value)
 
 
-def _raw_text(raw: bytes) -> str:
-    return raw.rstrip(b"\r\n").decode("utf-8", "backslashreplace")
+def _null_marker(c: Column, block: np.ndarray, count: np.ndarray):
+    """Write \\N where the column is NULL (and where a text is empty)."""
+    null = c.null
+    if c.kind == "chars":
+        empty = ~count.any(1)
+        null = empty if null is None else null | empty
+    elif c.kind == "float":
+        null = np.isnan(c.value)
+    if null is not None and null.any():
+        rows = np.flatnonzero(null)
+        block[rows, :2] = (92, 78)
+        count[rows] = 0
+        count[rows, :2] = 1
+
+
+def _rendered_table(entries: list) -> tuple[np.ndarray, np.ndarray]:
+    """The COPY text of each entry as a row of a matrix, and which bytes of it count
+    (the same list, several columns' table: rendered once)."""
+    cached = _RENDERED.get(id(entries))
+    if cached is None or cached[0] is not entries:
+        texts = [e if isinstance(e, _QnText) else _copy_text(e) for e in entries] or [NULL]
+        cached = _RENDERED[id(entries)] = (entries, *_text_table(texts))
+        if len(_RENDERED) > 64:
+            _RENDERED.pop(next(iter(_RENDERED)))
+    return cached[1], cached[2]
+
+
+_RENDERED = {}  # id(entries) -> (entries, table, count): the lists of the batch being rendered
+
+
+def _text_table(texts: list) -> tuple[np.ndarray, np.ndarray]:
+    lengths = np.fromiter(map(len, texts), np.int64, len(texts))
+    width = max(2, int(lengths.max()))
+    table = np.zeros((len(texts), width), np.uint8)
+    table[np.repeat(np.arange(len(texts)), lengths), ragged_arange(np.zeros_like(lengths), lengths)] = \
+        np.frombuffer(b"".join(texts), np.uint8)
+    return table, (np.arange(width) < lengths[:, None]).astype(np.uint8)
+
+
+def _copy_text(value) -> bytes:
+    """A Python value as COPY / LOAD DATA text."""
+    if isinstance(value, _QnText):
+        return bytes(value)
+    if value is None:
+        return NULL
+    if value is True or value is False:
+        return b"1" if value else b"0"
+    if isinstance(value, str):
+        return value.encode().replace(b"\\", b"\\\\").replace(b"\t", b"\\t").replace(
+            b"\n", b"\\n").replace(b"\r", b"\\r")
+    return repr(value).encode() if isinstance(value, float) else str(value).encode()
+
+
+def _int_text(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    width = 1 + max(1, len(str(int(np.abs(values).max())))) if len(values) else 2
+    digits = zero_padded(np.abs(values), width - 1)
+    significant = np.maximum(1, width - 1 - np.argmax(digits != 48, axis=1))
+    significant[(digits == 48).all(1)] = 1
+    block = np.concatenate([np.full((len(values), 1), 45, np.uint8), digits], axis=1)
+    position = np.arange(width)
+    count = (position >= width - significant[:, None]).astype(np.uint8)
+    count[:, 0] = values < 0
+    return block, count
+
+
+def _float_text(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each float as text that reads back as the same double: 18 significant digits,
+    computed with x87 long doubles (the scaled value is within 0.56 of the 18th digit's
+    unit, while doubles lie at least 5.5 of them apart: the text rounds back to the
+    double); repr() where 10**k is not exact in a long double, or there is none."""
+    block = np.zeros((len(values), 24), np.uint8)
+    finite = np.isfinite(values)
+    fast = finite & (values > 0) & _LONG_DOUBLE_EXACT
+    exponent = np.zeros(len(values), np.int64)
+    exponent[fast] = np.floor(np.log10(values[fast]))
+    fast &= (exponent >= -10) & (exponent <= 17)  # 10**(17 - exponent) exact: at most 10**27
+    if fast.any():
+        value, e = values[fast].astype(np.longdouble), exponent[fast]
+        digits = np.rint(value * _LONG_POWERS[17 - e]).astype(np.int64)
+        low, high = digits < 10 ** 17, digits >= 10 ** 18  # log10 was off by one
+        e = e - low + high
+        digits = np.where(low | high, np.rint(value * _LONG_POWERS[np.clip(17 - e, 0, 27)]).astype(np.int64),
+                          digits)
+        text = zero_padded(digits, 18)
+        out = block[fast]
+        out[:, 0], out[:, 1], out[:, 2:19] = text[:, 0], 46, text[:, 1:]
+        out[:, 19] = 101  # e
+        out[:, 20] = np.where(e < 0, 45, 43)
+        out[:, 21:24] = zero_padded(np.abs(e), 3)
+        block[fast] = out
+    slow = finite & ~fast
+    if slow.any():
+        texts = np.array(list(map(repr, values[slow].tolist())), dtype="S24")
+        block[slow] = texts.view(np.uint8).reshape(-1, 24)
+    return block, block != 0
+
+
+_LONG_DOUBLE_EXACT = bool(np) and np.finfo(np.longdouble).nmant >= 63
+_LONG_POWERS = np.array([10 ** k for k in range(28)], dtype=np.longdouble) if np else None
+
+
+def unique_rows(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(index of the first row of each distinct row, index of each row's distinct one).
+
+    Rows are hashed to 64 bits and the hashes sorted (sorting the rows themselves is
+    several times slower); rows that share a hash are compared byte for byte, and a
+    collision, however unlikely, falls back to sorting the rows."""
+    if not len(matrix):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    rows = np.ascontiguousarray(matrix)
+    width = rows.shape[1]
+    if width % 8:
+        rows = np.concatenate([rows, np.zeros((len(rows), 8 - width % 8), np.uint8)], axis=1)
+    words = rows.view(np.uint64)
+    digest = np.full(len(rows), 0xCBF29CE484222325, np.uint64)
+    with np.errstate(over="ignore"):
+        for column in words.T:
+            digest = (digest ^ column) * np.uint64(0x100000001B3)
+            digest ^= digest >> np.uint64(31)
+    _, first, inverse = np.unique(digest, return_index=True, return_inverse=True)
+    inverse = inverse.ravel()
+    if not (words[first][inverse] == words).all():
+        _, first, inverse = np.unique(rows.view(f"V{rows.shape[1]}").ravel(), return_index=True,
+                                      return_inverse=True)
+        inverse = inverse.ravel()
+    return first, inverse
+
+
+def transition_rows(matrix, values, refs: ReferenceKeys, config) -> "TextRows | ColumnRows":
+    """The transition rows of the records (TRANSITION_COLUMNS after the slots)."""
+    columns = {}
+    for f in DATA_FIELDS:
+        if f.level is None and f.column:
+            columns[f.column] = _field_column(f, matrix, values)
+    waals, measured = FIELD["gammawaals"], FIELD["wave_measured"]
+    positive = ~values["gammawaals?"] & (values["gammawaals"] > 0)
+    columns["gammawaals"].null = values["gammawaals?"] | positive
+    use_ritz = values["wave_measured?"]
+    ritz = matrix[:, FIELD["wave_ritz"].start:FIELD["wave_ritz"].end]
+    columns["wave"] = Column("digits", np.where(use_ritz[:, None], ritz, matrix[:, measured.start:measured.end]),
+                             np.where(use_ritz, values["wave_ritz"], values["wave_measured"]),
+                             places=measured.places)
+    columns["einsteina"] = Column("float", value=values["einsteina"])
+    columns["sigmawaals"] = Column("int", value=values["gammawaals"] // 1000, null=~positive)
+    alpha = np.concatenate([np.full((len(matrix), 2), (48, 46), np.uint8),
+                            matrix[:, waals.end - waals.places:waals.end]], axis=1)
+    columns["alphawaals"] = Column("digits", alpha, values["gammawaals"] % 1000, ~positive, waals.places)
+    accuracy = matrix[:, FIELD["accurflag"].start:FIELD["accur"].end]
+    first, inverse = unique_rows(accuracy)
+    columns["loggf_err"] = Column("table", codes=inverse, entries=[
+        loggf_error(chr(accuracy[i, 0]), accuracy[i, 1:].tobytes().decode().strip() or None) for i in first])
+    flag = matrix[:, FIELD["transition_flag"].start]
+    autoionized = (flag == 65) & (values["lower_energy"] > values["upper_energy"])  # "A"
+    types = list(TRANSITION_TYPES)
+    flag_code = np.zeros(256, np.int64)
+    for i, name in enumerate(types):
+        flag_code[ord(name)] = i
+    columns["transition_type"] = Column("table", codes=np.where(autoionized, len(types), flag_code[flag]),
+                                        entries=[TRANSITION_TYPES[t] for t in types] + [None])
+    columns["autoionized"] = Column("table", codes=autoionized.astype(np.int64), entries=[False, True])
+    columns["wave_method"] = _method_column(values[LINE_LISTS[measured.refs[0]].name], config)
+    for f in DATA_FIELDS:
+        if f.level is None and f.ref_column:
+            columns[f.ref_column] = refs.column(f.refs)
+    return render([columns[c] for c in TRANSITION_COLUMNS[len(TRANSITION_SLOTS):]], len(matrix),
+                  config.rows, len(TRANSITION_SLOTS))
+
+
+def _field_column(f: FieldDef, matrix, values) -> Column:
+    seg = matrix[:, f.start:f.end]
+    if f.kind == "text":
+        null = (seg == 32).all(1)
+        return Column("chars", seg, null=null)
+    return Column("digits", seg, values[f.name], values[f.name + "?"], f.places)
+
+
+def _method_column(linelist: np.ndarray, config: ParseConfig) -> Column:
+    methods = dict(config.methods)
+    distinct, inverse = np.unique(linelist, return_inverse=True)
+    return Column("table", codes=inverse.ravel(),
+                  entries=[methods.get(ll) if ll else None for ll in distinct.tolist()])
+
+
+def level_rows(out: ParsedBatch, matrix, values, refs: ReferenceKeys, config) -> "TextRows | ColumnRows":
+    """The rows (STATE_COLUMNS after the slots) of the levels the batch carries, each from
+    the first line that names it."""
+    record, upper = out._first // 2, out._first % 2 == 1
+    rows = matrix[record]
+    fields = {side: {f.column: f for f in DATA_FIELDS if f.level == side and f.column}
+              for side in ("lower", "upper")}
+
+    def text(column):
+        lo, up = fields["lower"][column], fields["upper"][column]
+        return np.where(upper[:, None], rows[:, up.start:up.end], rows[:, lo.start:lo.end])
+
+    def value(column, null=False):
+        name = (fields["lower"][column].name, fields["upper"][column].name)
+        suffix = "?" if null else ""
+        return np.where(upper, values[name[1] + suffix][record], values[name[0] + suffix][record])
+
+    species = FIELD["species_id"]
+    columns = {"species_id": Column("digits", rows[:, species.start:species.end], values["species_id"][record])}
+    for column in ("energy", "J", "lande"):
+        columns[column] = Column("digits", text(column), value(column), value(column, True),
+                                 fields["lower"][column].places)
+    columns["coupling_case"] = Column("chars", text("coupling_case"))
+    columns["term_desc"] = Column("chars", text("term_desc"), strip="right")
+    columns["energy_scaled"] = Column("int", value=value("energy"))
+    columns["J_scaled"] = Column("int", value=value("J"))
+    linelist = np.where(upper, values[LINE_LISTS[fields["upper"]["energy"].refs[0]].name][record],
+                        values[LINE_LISTS[fields["lower"]["energy"].refs[0]].name][record])
+    columns["energy_linelist_id"] = Column("int", value=linelist, null=linelist == 0)
+    columns["energy_method"] = _method_column(linelist, config)
+    for column in _ref_columns("lower"):
+        lo, up = (next(f for f in DATA_FIELDS if f.level == side and f.ref_column == column)
+                  for side in ("lower", "upper"))
+        codes = refs.codes[record]
+        columns[column] = refs.column((0,), np.where(upper, codes[:, up.refs[0]], codes[:, lo.refs[0]])[:, None])
+    coupling, description = text("coupling_case"), text("term_desc")
+    molecule = (values["species_id"][record] >= 10000) | (coupling == np.frombuffer(b"Ha", np.uint8)).all(1) \
+        | (coupling == np.frombuffer(b"Hb", np.uint8)).all(1)
+    split = DescriptionSplit(description, molecule)
+    columns["config"] = Column("chars", description, null=~split.has_config, span=split.config)
+    columns["term"] = Column("chars", description, null=~split.has_term, span=split.term)
+    # the quantum numbers: decoded once per distinct (coupling, molecule, term, and the
+    # configuration where the coupling reads it), not once per description
+    needs_config = split.needs_config(coupling)[:, None]
+    key = np.concatenate([coupling, molecule[:, None].astype(np.uint8),
+                          np.where(needs_config, split.masked(split.config), 0),
+                          split.masked(split.term)], axis=1)
+    first, inverse = unique_rows(key)
+    decoded = [decoded_quantum_numbers(key[i].tobytes()) for i in first]
+    if config.rows == TEXT:  # one table for all the decoded columns
+        columns["qn"] = Column("table", codes=inverse, entries=[text for text, _ in decoded])
+        qn = ["config", "term", "qn"]
+    else:
+        for i, column in enumerate(DECODED_QN_COLUMNS):
+            columns[column] = Column("table", codes=inverse, entries=[values[i] for _, values in decoded])
+        qn = list(LEVEL_QN_COLUMNS)
+    names = [c for c in STATE_COLUMNS[len(STATE_SLOTS):] if c not in LEVEL_QN_COLUMNS] + qn
+    return render([columns[c] for c in names], len(record), config.rows, len(STATE_SLOTS))
+
+
+class DescriptionSplit:
+    """split_description() of a matrix of level descriptions: the configuration and the
+    term of each as [start, stop) byte spans (the first blank not preceded by a
+    backslash divides them). A molecule's description without a term keeps neither
+    (decode_level reads it whole)."""
+
+    def __init__(self, description: np.ndarray, molecule: np.ndarray):
+        width = description.shape[1]
+        position = np.arange(width)
+        filled = description != 32
+        anything = filled.any(1)
+        first = np.argmax(filled, axis=1)
+        last = width - 1 - np.argmax(filled[:, ::-1], axis=1)
+        after_backslash = np.zeros_like(filled)
+        after_backslash[:, 1:] = description[:, :-1] == 92
+        blank = ~filled & ~after_backslash & (position > first[:, None]) & (position < last[:, None])
+        split = blank.any(1)
+        at = np.where(split, np.argmax(blank, axis=1), last + 1)
+        term_start = np.argmax(filled & (position > at[:, None]), axis=1)
+        self.width, self.description = width, description
+        self.has_config = anything & ~(molecule & ~split)
+        self.has_term = anything & split
+        self.config = (first, np.where(anything, at, first))
+        self.term = (np.where(split, term_start, last + 1), last + 1)
+        self.whole = (first, last + 1)
+        self.molecule_whole = molecule & ~split & anything
+
+    def masked(self, span) -> np.ndarray:
+        """The bytes of ``span`` of each description, zeros elsewhere."""
+        position = np.arange(self.width)
+        inside = (position >= span[0][:, None]) & (position < span[1][:, None])
+        return np.where(inside, self.description, 0)
+
+    def needs_config(self, coupling: np.ndarray) -> np.ndarray:
+        """Where decode_level reads the configuration too: an atom with no coupling (n=) or
+        a JK (Jc) or LK (L) coupling, and a molecule's description without a term."""
+        codes = [np.frombuffer(c, np.uint8) for c in (b"  ", b"JK", b"LK")]
+        atom_reads = np.any([(coupling == c).all(1) for c in codes], axis=0)
+        return atom_reads | ~self.has_term
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def decoded_quantum_numbers(key: bytes) -> tuple[bytes, tuple]:
+    """(COPY text, values) of the DECODED_QN_COLUMNS of a level: ``key`` is its coupling
+    (2 bytes), whether it is a molecule's (1), its configuration (86, zeros when decoding
+    does not read it) and its term (86)."""
+    coupling = key[:2].decode().strip() or None
+    config = key[3:89].replace(b"\0", b"").decode().strip() or None
+    term = key[89:].replace(b"\0", b"").decode().strip() or None
+    molecule = key[2] == 1
+    if term is None:
+        description = config
+    else:
+        description = f"{config or 'x'} {term}"  # a configuration decoding does not read
+    values = decode_level(coupling, description, molecule)[2:]
+    return _QnText(b"\t".join([NULL if v is None else _copy_text(v) for v in values])), values
+
+
+class _QnText(bytes):
+    """Already COPY text (several columns): _copy_text leaves it as it is."""
 
 
 # ---------------------------------------------------------------- stream ----
 
 HEAD_BYTES = 1 << 16
+BLOCK_BYTES = 8 << 20  # read at a time; a batch of 10 000 records is about 4 MB
 _MAGIC = ((b"\x1f\x8b", lambda f: gzip.GzipFile(fileobj=f), "gzip"),
           (b"BZh", bz2.BZ2File, "bzip2"), (b"\xfd7zXZ\x00", lzma.LZMAFile, "xz"))
 
@@ -906,7 +1748,6 @@ class Input:
     """A dump opened for streaming: plain, gzip, bzip2 or xz (by magic bytes), file or stdin."""
 
     def __init__(self, path: str = "-"):
-        self.path = path
         self.name = "-" if path in ("-", None) else str(path)
         self.size = None
         self.compression = None
@@ -954,12 +1795,54 @@ class Input:
 
     def lines(self):
         """The physical lines, as bytes with their line endings."""
-        try:
+        with self._errors():
             yield from self._stream
+
+    def blocks(self, size: int = BLOCK_BYTES):
+        """The input in blocks of ``size`` bytes (the last one shorter)."""
+        with self._errors():
+            while block := self._stream.read(size):
+                yield block
+
+    @contextlib.contextmanager
+    def _errors(self):
+        try:
+            yield
         except (OSError, EOFError, lzma.LZMAError, zlib.error) as error:
             raise UsageError(
                 f"cannot read {self.name} ({self.compression or 'plain'}): {error}; the input "
                 "is damaged or truncated: fix it, then rerun to resume") from None
+
+
+def checkpoint_offsets():
+    """The offsets at which a run records the digest of its input so far: 4 KiB, 5, 6, 7,
+    8, 10, 12, 14, 16 KiB ..., four per doubling. A later input that ends anywhere inside
+    what the run committed is compared with it up to its last checkpoint, at least 4/5
+    of its length, and is a part of it when they agree."""
+    size = 4096
+    while True:
+        for quarters in (4, 5, 6, 7):
+            yield size * quarters // 4
+        size *= 2
+
+
+class InputDigest:
+    """SHA-256 of the input read so far, and at each checkpoint offset it passed."""
+
+    def __init__(self):
+        self.sha, self.length, self.checkpoints = hashlib.sha256(), 0, {}
+        self._offsets = checkpoint_offsets()
+        self._next = next(self._offsets)
+
+    def update(self, data: bytes):
+        start, end = self.length, self.length + len(data)
+        while self._next <= end:
+            self.sha.update(data[self.length - start:self._next - start])
+            self.length = self._next
+            self.checkpoints[self._next] = self.sha.hexdigest()
+            self._next = next(self._offsets)
+        self.sha.update(data[self.length - start:])
+        self.length = end
 
 
 @dataclass
@@ -967,96 +1850,232 @@ class Batch:
     """Consecutive physical lines, ending at a record boundary."""
 
     first_line: int
-    lines: list
+    data: bytes
+    line_count: int
     end_offset: int  # bytes of the (decompressed) input up to the end of this batch
     sha256: str  # digest of the input up to end_offset
+    checkpoints: dict = field(default_factory=dict)  # offset -> digest, up to end_offset
+    cut: bool = False  # the input's last record, without an end of line: maybe cut off
 
     @property
     def last_line(self) -> int:
-        return self.first_line + len(self.lines) - 1
+        return self.first_line + self.line_count - 1
+
+    @property
+    def committed_line(self) -> int:
+        """The last line that committing this batch covers (with end_offset and sha256)."""
+        return self.first_line - 1 if self.cut else self.last_line
 
 
-def read_batches(lines, batch_size: int, stop_at: int | None = None):
-    """Batches of ``batch_size`` data lines, never separating a data line from its reference line.
+def read_batches(blocks, batch_size: int, stop_at: int | None = None):
+    """Batches of ``batch_size`` records from blocks of input, never separating a data line
+    from its reference line (a batch ends before a line that does not start with a
+    lowercase letter, a record start).
 
-    With ``stop_at``, a batch also ends exactly at that byte offset; a line
-    crossing it raises PrefixMismatch.
+    With ``stop_at``, a batch also ends exactly at that byte offset; a line crossing it,
+    or an input that ends before it, raises PrefixMismatch.
+
+    A last record without an end of line may be cut off (a download that stopped): it
+    comes alone, in a batch marked ``cut``, and its bytes are never committed, so that
+    once the whole dump is there, a rerun continues at its first line.
     """
-    digest = hashlib.sha256()
-    offset, number, batch, data_lines = 0, 1, [], 0
-    for raw in lines:
-        if not 97 <= raw[0] <= 122:  # not a reference line: a record may start here
-            if data_lines >= batch_size:
-                yield _batch(digest, number, batch, offset)
-                number += len(batch)
-                batch, data_lines = [], 0
-            data_lines += 1
-        batch.append(raw)
-        offset += len(raw)
-        if stop_at is not None and offset >= stop_at:
-            if offset > stop_at:
-                raise PrefixMismatch(number + len(batch) - 1)
-            yield _batch(digest, number, batch, offset)
-            number += len(batch)
-            batch, data_lines, stop_at = [], 0, None
-    if batch:
-        yield _batch(digest, number, batch, offset)
-    if stop_at is not None:
-        raise PrefixMismatch(number)
+    digest = InputDigest()
+    offset, number, records, partial, pending = 0, 1, 0, b"", []
+    for block in itertools.chain(blocks, [None]):
+        if block is None:
+            chunk, partial = partial, b""
+        else:
+            data = partial + block
+            end = data.rfind(b"\n") + 1
+            chunk, partial = data[:end], data[end:]
+        if chunk:
+            buf = np.frombuffer(chunk, np.uint8)
+            starts = np.concatenate([[0], np.flatnonzero(buf[:-1] == 10) + 1])
+            record = ~_LOWERCASE[buf[starts]]
+            base = offset + sum(map(len, pending))  # input offset of chunk[0]
+            stop = None if stop_at is None else stop_at - base
+            if stop is not None and 0 < stop < len(chunk) and not (starts == stop).any():
+                raise PrefixMismatch(number + sum(p.count(b"\n") for p in pending)
+                                     + chunk.count(b"\n", 0, stop))
+            cuts, records, stop = _batch_cuts(starts, record, records, batch_size, stop, len(chunk))
+            done = 0
+            for cut in cuts:
+                if cut > done or pending:
+                    pending.append(chunk[done:cut])
+                    data = b"".join(pending)
+                    pending = []
+                    offset += len(data)
+                    yield _batch(digest, number, data, offset)
+                    number += data.count(b"\n")
+                done = cut
+            if stop:
+                stop_at = None
+            pending.append(chunk[done:])
+        if stop_at is not None and offset + sum(map(len, pending)) >= stop_at:
+            raise PrefixMismatch(number + sum(p.count(b"\n") for p in pending))
+        if block is None:
+            data = b"".join(pending)
+            cut = _cut_record(data)
+            if cut:
+                yield _batch(digest, number, data[:cut], offset + cut)
+                number += data.count(b"\n", 0, cut)
+            if cut < len(data):
+                yield Batch(number, data[cut:], data[cut:].count(b"\n") + 1, digest.length,
+                            digest.sha.hexdigest(), dict(digest.checkpoints), cut=True)
+            if stop_at is not None:  # the input ended first: maybe a part of an earlier one
+                raise PrefixMismatch(number + data.count(b"\n", cut), ended=True)
+            return
 
 
-def _batch(digest, number, lines, offset):
-    digest.update(b"".join(lines))
-    return Batch(number, lines, offset, digest.hexdigest())
+def _batch_cuts(starts, record, records, batch_size, stop, length):
+    """(cut offsets in a chunk of whole lines, record starts in the batch left open,
+    whether ``stop`` was reached): a cut before every record start that would be record
+    batch_size + 1 of its batch, and one at ``stop`` (a chunk offset) after which counting
+    starts again."""
+    if stop is not None and 0 < stop <= length:
+        before = starts < stop
+        cuts, records, _ = _batch_cuts(starts[before], record[before], records, batch_size, None, stop)
+        after, records, _ = _batch_cuts(starts[~before], record[~before], 0, batch_size, None, length)
+        return cuts + [stop] + after, records, True
+    ordinal = records + np.cumsum(record)
+    cut = record & (ordinal > batch_size) & ((ordinal - 1) % batch_size == 0)
+    cuts = starts[cut].tolist()
+    if cuts:
+        records = int((ordinal - ordinal[np.flatnonzero(cut)[-1]] + 1)[-1])
+    elif len(ordinal):
+        records = int(ordinal[-1])
+    return cuts, records, False
+
+
+def _cut_record(data: bytes) -> int:
+    """Where the input's last record begins when its last line has no end of line (it may
+    be cut off), else len(data): the last data line, with the reference line after it."""
+    if not data or data.endswith(b"\n"):
+        return len(data)
+    start = data.rfind(b"\n") + 1
+    if 97 <= data[start] <= 122 and start:  # a reference line: its data line comes with it
+        start = data.rfind(b"\n", 0, start - 1) + 1
+    return start
+
+
+def _batch(digest, number, data, offset):
+    digest.update(data)
+    return Batch(number, data, data.count(b"\n"), offset, digest.sha.hexdigest(), dict(digest.checkpoints))
 
 
 class PrefixMismatch(Exception):
-    """The input does not continue the way the run being compared with did."""
+    """The input does not continue the way the run being compared with did (``ended``: it
+    ended before the position compared, so it may be a part of that run's input)."""
 
-    def __init__(self, line):
+    def __init__(self, line, ended=False):
         super().__init__(line)
-        self.line = line
+        self.line, self.ended = line, ended
 
 
 # ----------------------------------------------------------------- write ----
 
-STAGE_TABLE = "valdimport_stage_levels"
-KEYS_TABLE = "valdimport_stage_keys"
-_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-
-
-class Writer:
-    """Bulk writes through one Django connection (raw DB-API cursors, no query logging).
-
-    Subclasses provide the fastest correct row insertion of their engine; the
-    level staging (insert the levels not yet stored, read back every id) is
-    portable SQL over a temporary table.
-    """
+class Dialect:
+    """The SQL that differs between the engines: quoting, types, and the statements that
+    verify, rollback, housekeeping and the line lists use."""
 
     vendor = None
-    placeholder = "%s"
-    rows = TUPLES  # the form of transition rows insert_transitions takes
+    float_type = "double precision"  # CAST target for arithmetic on decimal columns
+    truncate = "TRUNCATE TABLE"
 
     def __init__(self, alias: str = DEFAULT_DB_ALIAS):
         self.alias = alias
         self.connection = connections[alias]
-        self._species = None
-        self._prepared_for = None
 
     @staticmethod
-    def for_alias(alias: str = DEFAULT_DB_ALIAS) -> "Writer":
-        """The writer class of the engine behind ``alias``."""
-        vendor = connections[alias].vendor
-        for cls in (SQLiteWriter, PostgresWriter, MySQLWriter):
-            if cls.vendor == vendor:
-                return cls(alias)
-        raise UsageError(f"unsupported database engine {vendor!r}: use SQLite, PostgreSQL or MySQL")
+    def for_alias(alias: str = DEFAULT_DB_ALIAS) -> "Dialect":
+        return _engine_class(alias, (SQLiteDialect, PostgresDialect, MySQLDialect))(alias)
 
     def q(self, name: str) -> str:
         return self.connection.ops.quote_name(name)
 
     def cols(self, columns, prefix="") -> str:
         return ", ".join(prefix + self.q(c) for c in columns)
+
+    def analyze_sql(self, tables) -> list[str]:
+        return [f"ANALYZE {self.cols(tables)}"]
+
+    def update_from_linelists_sql(self, table, target, source) -> str:
+        """UPDATE ``table`` SET ``target`` = linelists.method joined on ``source``, where it differs."""
+        t, l, q = self.q(table), self.q("linelists"), self.q
+        return (f"UPDATE {t} SET {q(target)} = l.method FROM {l} l "
+                f"WHERE l.id = {t}.{q(source)} AND {t}.{q(target)} IS DISTINCT FROM l.method")
+
+    def unused_level(self, alias: str) -> str:
+        """SQL: level ``alias`` is used by no transition (an anti-join, not a per-row scan:
+        transitions.upstate and lostate have no index)."""
+        return (f"{alias}.id NOT IN (SELECT upstate FROM transitions) "
+                f"AND {alias}.id NOT IN (SELECT lostate FROM transitions)")
+
+
+def _engine_class(alias, classes):
+    vendor = connections[alias].vendor
+    for cls in classes:
+        if cls.vendor == vendor:
+            return cls
+    raise UsageError(f"unsupported database engine {vendor!r}: use SQLite, PostgreSQL or MySQL")
+
+
+class SQLiteDialect(Dialect):
+    vendor = "sqlite"
+    truncate = "DELETE FROM"  # SQLite empties a table without a WHERE quickly
+    float_type = "REAL"
+
+    def analyze_sql(self, tables):
+        # a sample of each index, as PostgreSQL and MySQL take: a full ANALYZE of
+        # 255 million rows would read every index to the end
+        return ["PRAGMA analysis_limit=10000", "ANALYZE"]
+
+    def update_from_linelists_sql(self, table, target, source):
+        return super().update_from_linelists_sql(table, target, source).replace(
+            "IS DISTINCT FROM", "IS NOT")
+
+
+class PostgresDialect(Dialect):
+    vendor = "postgresql"
+
+    def unused_level(self, alias):
+        # a hashed anti-join; NOT IN (subquery) would rescan when it outgrows work_mem
+        return (f"NOT EXISTS (SELECT 1 FROM transitions t WHERE t.upstate = {alias}.id) "
+                f"AND NOT EXISTS (SELECT 1 FROM transitions t WHERE t.lostate = {alias}.id)")
+
+
+class MySQLDialect(Dialect):
+    vendor = "mysql"
+    float_type = "DOUBLE"
+
+    def analyze_sql(self, tables):
+        return [f"ANALYZE TABLE {self.cols(tables)}"]
+
+    def update_from_linelists_sql(self, table, target, source):
+        t, q = self.q(table), self.q
+        return (f"UPDATE {t} JOIN {q('linelists')} l ON l.id = {t}.{q(source)} "
+                f"SET {t}.{q(target)} = l.method WHERE NOT ({t}.{q(target)} <=> l.method)")
+
+
+class Writer:
+    """Bulk writes through one Django connection (raw DB-API cursors, no query logging):
+    the rows a parsed batch carries, in the form its engine loads fastest (``rows``)."""
+
+    vendor = None
+    rows = TUPLES
+    placeholder = "%s"
+
+    def __init__(self, alias: str = DEFAULT_DB_ALIAS):
+        self.alias = alias
+        self.connection = connections[alias]
+        self.dialect = Dialect.for_alias(alias)
+        self._species = None
+        self._prepared_for = None
+
+    @staticmethod
+    def for_alias(alias: str = DEFAULT_DB_ALIAS) -> "Writer":
+        """The writer class of the engine behind ``alias``."""
+        return _engine_class(alias, (SQLiteWriter, PostgresWriter, MySQLWriter))(alias)
 
     def cursor(self):
         """A raw cursor; it takes part in the current Django transaction."""
@@ -1067,28 +2086,50 @@ class Writer:
         return self.connection.connection.cursor()
 
     def _prepare_connection(self):
-        """Per-connection setup: the temporary tables used to stage levels and their keys."""
-        self.create_stage_tables()
+        """Per-connection settings for the import."""
 
-    def create_stage_tables(self):
-        """Create the stage tables, also again after a rollback, which drops them."""
-        cursor = self.connection.connection.cursor()
-        for table, columns in ((STAGE_TABLE, STATE_COLUMNS), (KEYS_TABLE, STATE_KEY_COLUMNS)):
-            cursor.execute(f"DROP {self.temporary} TABLE IF EXISTS {self.q(table)}")
-            cursor.execute(f"CREATE TEMPORARY TABLE {self.q(table)} AS "
-                           f"SELECT {self.cols(columns)} FROM {self.q('states')} WHERE 1 = 0")
-
-    temporary = ""
-
-    def insert_rows(self, cursor, table: str, columns, rows):
-        """Insert ``rows`` (tuples in ``columns`` order): one multi-row statement per chunk."""
+    def insert_rows(self, cursor, table: str, columns, rows: list):
+        """Insert tuples in ``columns`` order (mysqlclient makes multi-row INSERTs of them)."""
         marks = ", ".join([self.placeholder] * len(columns))
-        cursor.executemany(f"INSERT INTO {self.q(table)} ({self.cols(columns)}) VALUES ({marks})", rows)
+        cursor.executemany(f"INSERT INTO {self.dialect.q(table)} ({self.dialect.cols(columns)}) "
+                           f"VALUES ({marks})", rows)
+
+    def insert_levels(self, cursor, rows: "TextRows | ColumnRows", ids: np.ndarray, run_id: int):
+        """Insert level rows (STATE_COLUMNS) with their ids."""
+        self._insert(cursor, "states", STATE_COLUMNS, rows, ids, run_id)
+
+    def insert_transitions(self, cursor, rows: "TextRows | ColumnRows", lower: np.ndarray,
+                           upper: np.ndarray, run_id: int):
+        """Insert transition rows (TRANSITION_COLUMNS) with their level ids."""
+        self._insert(cursor, "transitions", TRANSITION_COLUMNS, rows, lower, upper, run_id)
+
+    def _insert(self, cursor, table, columns, rows, *slots):
+        if len(rows):
+            self.insert_rows(cursor, table, columns, rows.tuples(*slots))
+
+    def level_index(self) -> tuple["LevelKeys", int]:
+        """(every stored level key -> state id, the next free state id), read in id order
+        a slice at a time."""
+        index, last, step = LevelKeys(), 0, 200_000
+        q = self.dialect.q
+        with self.connection.cursor() as cursor:
+            while True:
+                cursor.execute(f"SELECT species_id, energy_scaled, {q('J_scaled')}, id FROM states "
+                               f"WHERE id > %s ORDER BY id LIMIT {step}", [last])
+                rows = np.array(cursor.fetchall(), dtype=np.int64).reshape(-1, 4)
+                if not len(rows):
+                    return index, last + 1
+                index.add(level_keys(rows[:, 0], rows[:, 1], rows[:, 2]), rows[:, 3])
+                last = int(rows[-1, 3])
+
+    def sync_sequence(self):
+        """After levels were stored with ids of the importer's own: the next id the database
+        gives is past them (PostgreSQL's sequence does not follow explicit ids by itself)."""
 
     def missing_species(self, cursor, ids) -> list[int]:
         """Species indexes of ``ids`` absent from the species table (they get placeholder rows)."""
         if self._species is None:
-            cursor.execute(f"SELECT id FROM {self.q('species')}")
+            cursor.execute(f"SELECT id FROM {self.dialect.q('species')}")
             self._species = {row[0] for row in cursor.fetchall()}
         return sorted(set(ids) - self._species)
 
@@ -1096,50 +2137,6 @@ class Writer:
         """Placeholder species rows (name NULL) for ``ids``; remembered once committed."""
         self.insert_rows(cursor, "species", ("id",), [(i,) for i in ids])
         transaction.on_commit(lambda: self._species.update(ids), using=self.alias)
-
-    def probe_by_key(self, cursor):
-        """Before joining staged keys with states: make that a lookup in its unique index."""
-
-    def store_levels(self, cursor, rows) -> tuple[int, dict]:
-        """Insert the levels of ``rows`` not yet stored; (number inserted, key -> id for every row)."""
-        self.probe_by_key(cursor)
-        stage, states = self.q(STAGE_TABLE), self.q("states")
-        key_match = " AND ".join(f"s.{self.q(c)} = t.{self.q(c)}" for c in STATE_KEY_COLUMNS)
-        self.insert_rows(cursor, STAGE_TABLE, STATE_COLUMNS, rows)
-        cursor.execute(
-            f"INSERT INTO {states} ({self.cols(STATE_COLUMNS)}) "
-            f"SELECT {self.cols(STATE_COLUMNS, 't.')} FROM {stage} t WHERE NOT EXISTS "
-            f"(SELECT 1 FROM {states} s WHERE {key_match}) "
-            f"ORDER BY {self.cols(STATE_KEY_COLUMNS, 't.')}")
-        inserted = cursor.rowcount
-        cursor.execute(f"SELECT {self.cols(STATE_KEY_COLUMNS, 't.')}, s.id FROM {stage} t "
-                       f"JOIN {states} s ON {key_match}")
-        ids = {level_key(sp, energy, j): state_id for sp, energy, j, state_id in cursor.fetchall()}
-        cursor.execute(f"DELETE FROM {stage}")
-        return inserted, ids
-
-    def lookup_levels(self, cursor, keys) -> dict:
-        """key -> id of the stored levels among ``keys``."""
-        self.probe_by_key(cursor)
-        stage = self.q(KEYS_TABLE)
-        key_match = " AND ".join(f"s.{self.q(c)} = t.{self.q(c)}" for c in STATE_KEY_COLUMNS)
-        self.insert_rows(cursor, KEYS_TABLE, STATE_KEY_COLUMNS, [key_parts(k) for k in keys])
-        cursor.execute(f"SELECT {self.cols(STATE_KEY_COLUMNS, 't.')}, s.id FROM {stage} t "
-                       f"JOIN {self.q('states')} s ON {key_match}")
-        ids = {level_key(sp, energy, j): state_id for sp, energy, j, state_id in cursor.fetchall()}
-        cursor.execute(f"DELETE FROM {stage}")
-        return ids
-
-    def insert_transitions(self, cursor, records, ids: dict, run_id: int):
-        """Insert parsed records (line, lower key, upper key, row) with their level ids."""
-        self.insert_rows(cursor, "transitions", TRANSITION_COLUMNS,
-                         [(ids[lo], ids[up], *row, run_id) for _, lo, up, row in records])
-
-    def update_from_linelists_sql(self, table, target, source) -> str:
-        """UPDATE ``table`` SET ``target`` = linelists.method joined on ``source``, where it differs."""
-        t, l, q = self.q(table), self.q("linelists"), self.q
-        return (f"UPDATE {t} SET {q(target)} = l.method FROM {l} l "
-                f"WHERE l.id = {t}.{q(source)} AND {t}.{q(target)} IS DISTINCT FROM l.method")
 
     def start_import(self):
         """Engine settings for the duration of an import (outside any transaction)."""
@@ -1149,9 +2146,7 @@ class Writer:
 
     def clear_table(self, table: str):
         with self.connection.cursor() as cursor:
-            cursor.execute(f"{self.truncate} {self.q(table)}")
-
-    truncate = "TRUNCATE TABLE"
+            cursor.execute(f"{self.dialect.truncate} {self.dialect.q(table)}")
 
     def start_fast(self, tables):
         """--fast: skip what only protects against crashes while ``tables`` are loaded."""
@@ -1159,29 +2154,38 @@ class Writer:
     def end_fast(self, tables):
         """Undo start_fast: the tables are crash-safe again."""
 
-    float_type = "double precision"  # CAST target for arithmetic on decimal columns
-
-    def analyze_sql(self, tables) -> list[str]:
-        return [f"ANALYZE {self.cols(tables)}"]
-
-    def unused_level(self, alias: str) -> str:
-        """SQL: level ``alias`` is used by no transition (an anti-join, not a per-row scan:
-        transitions.upstate and lostate have no index)."""
-        return (f"{alias}.id NOT IN (SELECT upstate FROM transitions) "
-                f"AND {alias}.id NOT IN (SELECT lostate FROM transitions)")
-
 
 TRANSIENT, REFUSED, FATAL = "transient", "refused", "fatal"
 MYSQL_TRANSIENT = {1040, 1053, 1205, 1213, 1927, 2002, 2003, 2006, 2013, 2055, 4031}
 
 
+def driver_error(error: BaseException) -> BaseException:
+    """The driver's exception under Django's wrappers (and under its migration errors)."""
+    while type(error).__module__.startswith("django") and (error.__cause__ or error.__context__):
+        error = error.__cause__ or error.__context__
+    return error
+
+
+def read_only(error: BaseException) -> bool:
+    """The database refuses to be written at all: a read-only file, server or transaction,
+    or a user without the privilege."""
+    error = driver_error(error)
+    module = type(error).__module__
+    if module.startswith("sqlite3"):
+        return "readonly" in str(error)
+    if module.startswith("MySQLdb"):  # --read-only, read-only transaction, no privilege
+        return bool(error.args) and error.args[0] in (1290, 1792, 1142, 1044)
+    return getattr(error, "pgcode", None) in ("25006", "42501")  # read-only, no privilege
+
+
 def error_kind(error: BaseException) -> str:
     """How to handle a database error: TRANSIENT (retry the batch on a fresh connection),
     REFUSED (the rows: isolate and reject them) or FATAL (stop the run)."""
-    while getattr(error, "__cause__", None) is not None and type(error).__module__.startswith("django"):
-        error = error.__cause__  # Django wraps the driver's exception
+    error = driver_error(error)
     if isinstance(error, RowsRefused):
         return REFUSED
+    if read_only(error):
+        return FATAL
     names = {cls.__name__ for cls in type(error).__mro__}
     module = type(error).__module__
     if "InterfaceError" in names:
@@ -1213,39 +2217,44 @@ def reconnect(using: str):
 
 
 class SQLiteWriter(Writer):
+    """executemany straight from the batch's columns."""
+
     vendor = "sqlite"
     placeholder = "?"
-    temporary = ""
-    truncate = "DELETE FROM"  # SQLite empties a table without a WHERE quickly
-    float_type = "REAL"
 
-    def analyze_sql(self, tables):
-        # a sample of each index, as PostgreSQL and MySQL take: a full ANALYZE of
-        # 255 million rows would read every index to the end
-        return ["PRAGMA analysis_limit=10000", "ANALYZE"]
-
-    def update_from_linelists_sql(self, table, target, source):
-        return super().update_from_linelists_sql(table, target, source).replace(
-            "IS DISTINCT FROM", "IS NOT")
+    _synchronous = None  # the connection's setting before the import
 
     def start_import(self):
         # WAL: each batch commit is atomic and survives a crash of the process
         # (synchronous=NORMAL, set per connection); only a power cut can lose the
         # last commits. The journal mode stays WAL after the import.
+        # A connection a retry opens is tuned as Django opens it: by the time the
+        # writer sees it, Django has begun a transaction, inside which SQLite refuses
+        # to change the safety level or the temp store.
         self.cursor().execute("PRAGMA journal_mode=WAL")
+        connection_created.connect(self._tune_opened, weak=False, dispatch_uid=id(self))
+
+    def _tune_opened(self, sender, connection, **kwargs):
+        if connection.alias == self.alias:
+            self._tune(connection.connection)
+
+    def _tune(self, raw):
+        if self._synchronous is None:
+            self._synchronous = raw.execute("PRAGMA synchronous").fetchone()[0]
+        raw.execute("PRAGMA synchronous=NORMAL")
+        raw.execute("PRAGMA cache_size=-16384")  # 16 MB of pages
+        raw.execute("PRAGMA temp_store=MEMORY")
 
     def _prepare_connection(self):
         raw = self.connection.connection
-        self._synchronous = raw.execute("PRAGMA synchronous").fetchone()[0]
-        raw.execute("PRAGMA synchronous=NORMAL")
-        raw.execute("PRAGMA cache_size=-16384")  # 16 MB of pages
-        # Before the stage table exists: changing temp_store drops every temporary table.
-        raw.execute("PRAGMA temp_store=MEMORY")
-        super()._prepare_connection()
+        if not raw.in_transaction:  # else _tune_opened did it
+            self._tune(raw)
 
     def end_import(self):
-        if self.connection.connection is not None:
-            self.connection.connection.execute(f"PRAGMA synchronous={int(self._synchronous)}")
+        connection_created.disconnect(dispatch_uid=id(self))
+        raw = self.connection.connection
+        if raw is not None and self._synchronous is not None and not raw.in_transaction:
+            raw.execute(f"PRAGMA synchronous={int(self._synchronous)}")
 
     def start_fast(self, tables):
         # No journal: a crash in the middle can corrupt the database file.
@@ -1257,116 +2266,108 @@ class SQLiteWriter(Writer):
         self.connection.connection.execute("PRAGMA synchronous=NORMAL")
 
 
-def text_rows(records, ids: dict, run_id: int) -> bytes:
-    """COPY / LOAD DATA text of parsed records (rows in TEXT form) with their level ids."""
-    suffix = b"\t%d\n" % run_id
-    return b"".join([b"%d\t%d\t%b%b" % (ids[lo], ids[up], row, suffix) for _, lo, up, row in records])
-
-
 class PostgresWriter(Writer):
+    """COPY in text format, the text built by the parser for the whole batch."""
+
     vendor = "postgresql"
     rows = TEXT
 
-    def unused_level(self, alias):
-        # a hashed anti-join; NOT IN (subquery) would rescan when it outgrows work_mem
-        return (f"NOT EXISTS (SELECT 1 FROM transitions t WHERE t.upstate = {alias}.id) "
-                f"AND NOT EXISTS (SELECT 1 FROM transitions t WHERE t.lostate = {alias}.id)")
+    def _insert(self, cursor, table, columns, rows, *slots):
+        if not len(rows):
+            return
+        for slot, values in enumerate(slots):
+            rows.fill(slot, values)
+        sql = f"COPY {self.dialect.q(table)} ({self.dialect.cols(columns)}) FROM STDIN"
+        if hasattr(cursor, "copy_expert"):  # psycopg2
+            cursor.copy_expert(sql, _ArrayReader(rows.data))
+        else:  # psycopg 3
+            with cursor.copy(sql) as copy:
+                copy.write(rows.tobytes())
 
     def insert_rows(self, cursor, table, columns, rows):
-        """COPY in text format: NULL as \\N, backslash, tab and line ends escaped."""
         if rows:
-            text = "".join(["\t".join([_copy_value(v) for v in row]) + "\n" for row in rows])
-            self._copy(cursor, table, columns, text.encode())
+            text = b"".join(b"\t".join(_copy_text(v) for v in row) + b"\n" for row in rows)
+            cursor.copy_expert(f"COPY {self.dialect.q(table)} ({self.dialect.cols(columns)}) FROM STDIN",
+                               io.BytesIO(text))
 
-    def insert_transitions(self, cursor, records, ids, run_id):
-        if records:
-            self._copy(cursor, "transitions", TRANSITION_COLUMNS, text_rows(records, ids, run_id))
-
-    def probe_by_key(self, cursor):
-        # While states grows, its statistics lag: the planner would hash-join a few
-        # thousand keys against a full scan of the table, each batch.
-        cursor.execute("SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off")
+    def sync_sequence(self):
+        from node_atom.models import State
+        from django.core.management.color import no_style
+        with self.connection.cursor() as cursor:
+            for sql in self.connection.ops.sequence_reset_sql(no_style(), [State]):
+                cursor.execute(sql)
 
     def start_fast(self, tables):
         cursor = self.cursor()
         for table in tables:  # not written to the WAL: emptied by crash recovery
-            cursor.execute(f"ALTER TABLE {self.q(table)} SET UNLOGGED")
+            cursor.execute(f"ALTER TABLE {self.dialect.q(table)} SET UNLOGGED")
         cursor.execute("SET synchronous_commit TO off")
 
     def end_fast(self, tables):
         cursor = self.cursor()
         for table in tables:
-            cursor.execute(f"ALTER TABLE {self.q(table)} SET LOGGED")
+            cursor.execute(f"ALTER TABLE {self.dialect.q(table)} SET LOGGED")
         cursor.execute("SET synchronous_commit TO DEFAULT")
 
-    def _copy(self, cursor, table, columns, data: bytes):
-        sql = f"COPY {self.q(table)} ({self.cols(columns)}) FROM STDIN"
-        if hasattr(cursor, "copy_expert"):  # psycopg2
-            cursor.copy_expert(sql, io.BytesIO(data))
-        else:  # psycopg 3
-            with cursor.copy(sql) as copy:
-                copy.write(data)
 
+class _ArrayReader(io.RawIOBase):
+    """A file over a uint8 array, for COPY without a copy of the text."""
 
-def _copy_value(value) -> str:
-    if value is None:
-        return "\\N"
-    if value is True:
-        return "t"
-    if value is False:
-        return "f"
-    if isinstance(value, str):
-        return value.translate(_COPY_ESCAPES)
-    return str(value)
+    def __init__(self, data: np.ndarray):
+        self.view, self.at = memoryview(data).cast("B"), 0
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        n = min(len(buffer), len(self.view) - self.at)
+        buffer[:n] = self.view[self.at:self.at + n]
+        self.at += n
+        return n
+
+    def read(self, size=-1):
+        end = len(self.view) if size is None or size < 0 else min(len(self.view), self.at + size)
+        data, self.at = self.view[self.at:end].tobytes(), end
+        return data
 
 
 class MySQLWriter(Writer):
-    """Transitions with LOAD DATA LOCAL INFILE from a file per batch, when the server and the
-    connection allow it; else, like other rows, with executemany, which mysqlclient turns
-    into multi-row INSERTs."""
+    """LOAD DATA LOCAL INFILE of the batch's text, when the server and the connection allow
+    it; else multi-row INSERTs (mysqlclient's executemany)."""
 
     vendor = "mysql"
-    temporary = "TEMPORARY"
     rows = TEXT
     LOCAL_REFUSED = {1148, 2068, 3948}  # LOAD DATA LOCAL disabled on the server or the client
-    float_type = "DOUBLE"
-
-    def analyze_sql(self, tables):
-        return [f"ANALYZE TABLE {self.cols(tables)}"]
 
     def __init__(self, alias=DEFAULT_DB_ALIAS):
         super().__init__(alias)
         self.load_data = True
 
-    def insert_transitions(self, cursor, records, ids, run_id):
-        if not records:
+    def _insert(self, cursor, table, columns, rows, *slots):
+        if not len(rows):
             return
+        for slot, values in enumerate(slots):
+            rows.fill(slot, values)
         if self.load_data:
             try:
-                return self._load_data(cursor, text_rows(records, ids, run_id))
+                return self._load_data(cursor, table, columns, rows.data)
             except Exception as error:
                 if not (error.args and error.args[0] in self.LOCAL_REFUSED):
                     raise
                 self.load_data = False  # not allowed here: INSERT from now on
-        self.insert_rows(cursor, "transitions", TRANSITION_COLUMNS,
-                         [(ids[lo], ids[up], *_text_values(row), run_id) for _, lo, up, row in records])
+        self.insert_rows(cursor, table, columns, rows.values())
 
-    def _load_data(self, cursor, data: bytes):
+    def _load_data(self, cursor, table, columns, data: np.ndarray):
         import tempfile
         with tempfile.NamedTemporaryFile(prefix="valdimport-", suffix=".tsv") as f:
-            f.write(data)
+            data.tofile(f)
             f.flush()
             # LOCAL turns bad values into warnings: any warning is a refusal of the rows
-            cursor.execute(f"LOAD DATA LOCAL INFILE %s INTO TABLE {self.q('transitions')} "
-                           f"CHARACTER SET utf8mb4 ({self.cols(TRANSITION_COLUMNS)})", (f.name,))
+            cursor.execute(f"LOAD DATA LOCAL INFILE %s INTO TABLE {self.dialect.q(table)} "
+                           f"CHARACTER SET utf8mb4 ({self.dialect.cols(columns)})", (f.name,))
         if cursor.connection.warning_count():
             cursor.execute("SHOW WARNINGS LIMIT 1")
             raise RowsRefused(" ".join(map(str, cursor.fetchone()[1:])))
-
-    def update_from_linelists_sql(self, table, target, source):
-        t, q = self.q(table), self.q
-        return (f"UPDATE {t} JOIN {q('linelists')} l ON l.id = {t}.{q(source)} "
-                f"SET {t}.{q(target)} = l.method WHERE NOT ({t}.{q(target)} <=> l.method)")
 
     def start_fast(self, tables):
         # InnoDB may then skip uniqueness checks of secondary indexes: verified after the load
@@ -1376,77 +2377,67 @@ class MySQLWriter(Writer):
         self.cursor().execute("SET SESSION unique_checks = 1, foreign_key_checks = 1")
 
 
-def _text_values(row: bytes) -> list:
-    """The values of a TEXT row, for an INSERT."""
-    return [None if v == NULL else v.replace(b"\\\\", b"\\").decode() for v in row.split(b"\t")]
-
-
 class RowsRefused(Exception):
     """The database accepted a bulk load only with warnings: the rows are refused."""
 
 
 # ----------------------------------------------------------------- cache ----
 
-class StateCache:
-    """Level key -> state id, bounded to ``size`` entries.
+class LevelKeys:
+    """Level keys (complex128, see level_key) in sorted arrays, each with an int (a state id).
 
-    Two generations approximate LRU cheaply: lookups hit the young dict or
-    promote from the old one; when the young dict is full it becomes the old
-    one and the previous old generation is dropped.
+    The writer holds one, keys -> state ids of every stored level, for the whole run
+    (loaded from the database when a pass starts or resumes). Each parser process holds
+    one without ids: the levels whose rows it has carried. The contract between them:
+    a parsed batch carries the row of every level its parser had not met before, so a
+    level the writer does not know is in the batch, unless a batch that carried it
+    failed (its rows refused by the database); the writer then parses the batch again,
+    carrying everything, to get the row.
+
+    New keys go to a small sorted tail, merged into the main arrays when it grows past a
+    quarter of them: a lookup is two searchsorted, adding costs a copy of the tail, and a
+    merge a copy of everything, rarely. 24 bytes per key.
     """
 
-    def __init__(self, size: int = 500_000):
-        self.half = max(1, size // 2)
-        self._young, self._old = {}, {}
-        self.hits = self.misses = 0
+    def __init__(self):
+        self.keys, self.ids = np.zeros(0, np.complex128), np.zeros(0, np.int64)
+        self.tail_keys, self.tail_ids = self.keys, self.ids
 
     def __len__(self):
-        return len(self._young) + len(self._old)
+        return len(self.keys) + len(self.tail_keys)
 
-    def __contains__(self, key):
-        return self.get(key) is not None
+    def lookup(self, keys: np.ndarray) -> np.ndarray:
+        """The id of each key, -1 where the key is not here."""
+        ids = np.full(len(keys), -1, np.int64)
+        for stored, stored_ids in ((self.keys, self.ids), (self.tail_keys, self.tail_ids)):
+            if len(stored):
+                at = np.minimum(np.searchsorted(stored, keys), len(stored) - 1)
+                found = stored[at] == keys
+                ids[found] = stored_ids[at[found]]
+        return ids
 
-    def get(self, key):
-        value = self._young.get(key)
-        if value is None:
-            value = self._old.get(key)
-            if value is None:
-                self.misses += 1
-                return None
-            self._put(key, value)
-        self.hits += 1
-        return value
+    def contains(self, keys: np.ndarray) -> np.ndarray:
+        return self.lookup(keys) >= 0
 
-    def _put(self, key, value):
-        if len(self._young) >= self.half:
-            self._old, self._young = self._young, {}
-        self._young[key] = value
+    def all_keys(self) -> np.ndarray:
+        return np.concatenate([self.keys, self.tail_keys])
 
-    def update(self, mapping: dict):
-        for key, value in mapping.items():
-            self._put(key, value)
-
-    @property
-    def hit_rate(self) -> float:
-        looked_up = self.hits + self.misses
-        return self.hits / looked_up if looked_up else 0.0
+    def add(self, keys: np.ndarray, ids: np.ndarray | None = None):
+        """Add keys that are not here yet (ids: 0 when not given)."""
+        if not len(keys):
+            return
+        ids = np.zeros(len(keys), np.int64) if ids is None else np.asarray(ids, np.int64)
+        order = np.argsort(keys, kind="stable")
+        self.tail_keys, self.tail_ids = _merged(self.tail_keys, self.tail_ids, keys[order], ids[order])
+        if len(self.tail_keys) > max(1 << 16, len(self.keys) // 4):
+            self.keys, self.ids = _merged(self.keys, self.ids, self.tail_keys, self.tail_ids)
+            self.tail_keys, self.tail_ids = self.keys[:0], self.ids[:0]
 
 
-class KeySet:
-    """A set of keys bounded to ``size`` entries, with the same two generations."""
-
-    def __init__(self, size: int = 500_000):
-        self.half = max(1, size // 2)
-        self._young, self._old = set(), set()
-
-    def __contains__(self, key):
-        return key in self._young or key in self._old
-
-    def update(self, keys):
-        for key in keys:
-            if len(self._young) >= self.half:
-                self._old, self._young = self._young, set()
-            self._young.add(key)
+def _merged(keys, ids, new_keys, new_ids):
+    """Two sorted (keys, ids) pairs as one."""
+    at = np.searchsorted(keys, new_keys)
+    return np.insert(keys, at, new_keys), np.insert(ids, at, new_ids)
 
 
 # ---------------------------------------------------------------- passes ----
@@ -1464,8 +2455,9 @@ class ImportOptions:
     batch_size: int = 10_000
     skip_header: int = 2
     skip_calc: bool = False
-    cache_size: int = 500_000
     restart: bool = False
+    append: bool = False  # add to tables that hold another input's transitions
+    wait: bool = False  # wait for the database's lock instead of stopping
     reject_file: str | None = None
     max_errors: int | None = None
     retries: int = 5
@@ -1478,6 +2470,7 @@ class ImportOptions:
     verify: bool = False
     summary_json: str | None = None
     quiet: bool = False
+    energy_tolerance: float = 1.0  # import-hfs, cm-1
     progress: bool | None = None  # None: when stderr is a terminal and not quiet
 
     CONTENT_OPTIONS = ("skip_header",)  # options a run must share to continue another
@@ -1501,6 +2494,7 @@ class Tally:
     transitions: int = 0
     species_created: list = field(default_factory=list)
     undecoded: int = 0
+    undecoded_by_coupling: list = field(default_factory=list)  # [coupling, levels, an example]
 
     def add(self, lines: int, parsed: ParsedBatch, refused: int = 0):
         """Count a batch; ``refused`` records were parsed but refused by the database."""
@@ -1510,7 +2504,8 @@ class Tally:
         self.skipped.update(parsed.skipped)
 
     def copy(self) -> "Tally":
-        return replace(self, skipped=Counter(self.skipped), species_created=list(self.species_created))
+        return replace(self, skipped=Counter(self.skipped), species_created=list(self.species_created),
+                       undecoded_by_coupling=list(self.undecoded_by_coupling))
 
     def as_row(self) -> dict:
         return dict(lines_read=self.lines_read, imported=self.imported, rejected=self.rejected,
@@ -1519,7 +2514,8 @@ class Tally:
                                 states_existing=self.states_existing,
                                 transitions=self.transitions,
                                 species_created=self.species_created,
-                                undecoded=self.undecoded))
+                                undecoded=self.undecoded,
+                                undecoded_by_coupling=self.undecoded_by_coupling))
 
     @classmethod
     def from_run(cls, run) -> "Tally":
@@ -1527,7 +2523,7 @@ class Tally:
         return cls(run.lines_read, run.imported, run.rejected, Counter(counts.get("skipped", {})),
                    counts.get("states_new", 0), counts.get("states_existing", 0),
                    counts.get("transitions", 0), list(counts.get("species_created", [])),
-                   counts.get("undecoded", 0))
+                   counts.get("undecoded", 0), list(counts.get("undecoded_by_coupling", [])))
 
 
 class RunLedger:
@@ -1548,6 +2544,7 @@ class RunLedger:
         self.input, self.options = inp, options
         self.run, self.candidate, self.resumed = None, None, False
         self.retried = []  # the transient database errors this run retried
+        self.checkpoints = {}  # offset -> digest of the input up to the committed position
 
     def candidates(self) -> list:
         """Earlier runs whose committed rows cover what this command writes, for this input."""
@@ -1556,43 +2553,84 @@ class RunLedger:
         wanted = self.COVERS[self.command]
         families = [c for c, covers in self.COVERS.items() if wanted <= covers]
         runs = self.model.objects.using(self.using).filter(
-            command__in=families, committed_bytes__gt=0, head_bytes__lte=len(self.input.head)
-        ).exclude(status=self.model.ROLLED_BACK)
+            command__in=families, committed_bytes__gt=0).exclude(status=self.model.ROLLED_BACK)
         content = {k: getattr(self.options, k) for k in ImportOptions.CONTENT_OPTIONS}
-        return sorted((r for r in runs if self.input.head_matches(r.head_bytes, r.input_head)
+        return sorted((r for r in runs if self._starts_like(r)
                        and all(r.options.get(k) == v for k, v in content.items())
                        # what an unfinished --fast run wrote may be gone after a crash
                        and not (r.options.get("fast") and r.status != self.model.COMPLETED)),
                       key=lambda r: (-r.committed_bytes, -r.id))
 
+    def _starts_like(self, run) -> bool:
+        """The input has the first bytes of ``run``'s (up to 64 KiB), or, when it is shorter
+        than those, it may be a part of that input (see is_part_of)."""
+        head = self.input.head
+        if run.head_bytes <= len(head):
+            return self.input.head_matches(run.head_bytes, run.input_head)
+        digest = InputDigest()
+        digest.update(head)
+        return self.is_part_of(run, len(head), digest.checkpoints)
+
+    @staticmethod
+    def is_part_of(run, length: int, checkpoints: dict) -> bool:
+        """An input of ``length`` bytes with these checkpoint digests ends inside what ``run``
+        committed, and agrees with its input at its last checkpoint."""
+        last = max((offset for offset in checkpoints if offset <= length), default=None)
+        theirs = (run.counts or {}).get("checkpoints", {})
+        return (last is not None and length <= run.committed_bytes
+                and theirs.get(str(last)) == checkpoints[last])
+
     def begin(self, candidate=None):
         """Start a new run, or get ready to check the input against ``candidate``."""
         self.candidate, self.run, self.resumed = candidate, None, False
         if candidate is None:
+            self._refuse_another_input()
             self.run = self._create(start_line=1)
         elif self._resumable(candidate):
             _refuse_if_alive(candidate)
+
+    def _refuse_another_input(self):
+        """Transitions are not deduplicated: a revised or changed copy of an imported dump
+        would store most of them twice. Adding another input's is for --append (a dump in
+        several pieces) or --restart to say."""
+        if self.command not in WRITES_TRANSITIONS or self.options.append or self.options.restart:
+            return
+        other = (self.model.objects.using(self.using)
+                 .filter(command__in=WRITES_TRANSITIONS, committed_bytes__gt=0)
+                 .exclude(status=self.model.ROLLED_BACK).order_by("-id").first())
+        if other is not None:
+            name = "standard input" if self.input.name == "-" else self.input.name
+            raise UsageError(
+                f"the transitions table holds what run {other.id} imported ({other.command} "
+                f"{other.input_name}, {run_status(other)}) and {name} does not continue it: "
+                "adding it could store lines twice; --append adds its transitions to those, "
+                "--clear replaces them")
 
     def _resumable(self, run) -> bool:
         return run.command == self.command and run.status != self.model.COMPLETED
 
     def _create(self, **values):
         now = _now()
-        return self.model.objects.using(self.using).create(
+        run = self.model.objects.using(self.using).create(
             command=self.command, input_name=self.input.name, input_size=self.input.size,
             input_head=self.input.head_sha256, head_bytes=len(self.input.head),
-            options=dict(_json_options(self.options), reject_file=self.reject_path()),
-            host=_host(), pid=os.getpid(), started_at=now, updated_at=now, **values)
+            options=_json_options(self.options), host=_host(), pid=os.getpid(),
+            started_at=now, updated_at=now, **values)
+        run.options["reject_file"] = os.path.abspath(  # named after the run: its id is known now
+            self.options.reject_file or default_reject_path(self.input.name, run.id, self.using))
+        self.model.objects.using(self.using).filter(pk=run.pk).update(options=run.options)
+        return run
 
     @property
     def skip_to(self):
         return self.candidate.committed_bytes if self.candidate else None
 
     def reject_path(self) -> str:
-        """--reject-file, else the file of the run being resumed, else next to the input."""
+        """--reject-file, else the file of this run or of the run being resumed."""
         resumed = self.candidate if self.candidate and self._resumable(self.candidate) else None
-        path = self.options.reject_file or (resumed.options.get("reject_file") if resumed else None)
-        return os.path.abspath(path or default_reject_path(self.input.name))
+        run = self.run or resumed
+        return os.path.abspath(self.options.reject_file or run.options.get("reject_file")
+                               or default_reject_path(self.input.name, run.id, self.using))
 
     def reload(self):
         return self.model.objects.using(self.using).get(pk=self.run.pk)
@@ -1620,16 +2658,23 @@ class RunLedger:
 
     def record_batch(self, batch: Batch, tally: Tally):
         """Save the committed position and the counts; call inside the batch's transaction."""
+        self.checkpoints = batch.checkpoints
         self.model.objects.using(self.using).filter(pk=self.run.pk).update(
-            committed_line=batch.last_line, committed_bytes=batch.end_offset,
-            committed_sha256=batch.sha256, updated_at=_now(), **tally.as_row())
+            committed_line=batch.committed_line, committed_bytes=batch.end_offset,
+            committed_sha256=batch.sha256, updated_at=_now(), **self._row(tally))
+
+    def _row(self, tally: Tally) -> dict:
+        """The run's columns for ``tally``, with the input's checkpoints (see is_part_of)."""
+        row = tally.as_row()
+        row["counts"]["checkpoints"] = {str(offset): sha for offset, sha in self.checkpoints.items()}
+        return row
 
     def finish(self, status: str, tally: Tally | None = None, message: str = ""):
         if self.run is None:
             return
         values = dict(status=status, finished_at=_now(), updated_at=_now(), message=message)
         if tally is not None:
-            values.update(tally.as_row())
+            values.update(self._row(tally))
         self.model.objects.using(self.using).filter(pk=self.run.pk).update(**values)
 
     def finish_quietly(self, status: str, tally: Tally | None, message: str):
@@ -1652,8 +2697,7 @@ def _host():
 
 
 def _json_options(options: ImportOptions) -> dict:
-    return {k: getattr(options, k) for k in ("batch_size", "skip_header", "skip_calc", "cache_size",
-                                             "fast")}
+    return {k: getattr(options, k) for k in ("batch_size", "skip_header", "skip_calc", "fast")}
 
 
 def _process_alive(run) -> bool:
@@ -1729,9 +2773,20 @@ class RejectFile:
                 os.remove(self.path)
 
 
-def default_reject_path(input_name: str) -> str:
-    """Next to the input, or in the working directory for standard input."""
-    return "stdin.rejects" if input_name == "-" else input_name + ".rejects"
+def default_reject_path(input_name: str, run_id: int | None, using: str | None = None) -> str:
+    """``NAME.runN.rejects`` (a dry run: ``NAME.dry-run.rejects``) in the first folder the run
+    can write: the working directory, beside the SQLite database, the temporary folder.
+
+    Never beside the input, whose folder may be read-only; named per run, so that two
+    runs never share (and delete) one file.
+    """
+    name = "stdin" if input_name == "-" else os.path.basename(input_name)
+    folders = [os.getcwd()]
+    if using is not None and connections[using].vendor == "sqlite":
+        folders.append(os.path.dirname(os.path.abspath(connections[using].settings_dict["NAME"])))
+    folders.append(tempfile.gettempdir())
+    folder = next((f for f in folders if os.access(f, os.W_OK)), folders[0])
+    return os.path.join(folder, f"{name}.run{run_id}.rejects" if run_id else f"{name}.dry-run.rejects")
 
 
 @dataclass
@@ -1747,7 +2802,6 @@ class Summary:
     resumed_from_line: int | None = None
     continues_run: int | None = None
     reject_file: str | None = None
-    cache_hit_rate: float | None = None
     message: str = "completed"
     details: list = field(default_factory=list)  # (label, value) rows of a companion import
     read_label: str = "lines read"
@@ -1803,6 +2857,8 @@ class Summary:
             rows.append(("levels", f"{t.states_new:,} new, {t.states_existing:,} already stored"))
             if t.undecoded:
                 rows.append(("undecoded levels", f"{t.undecoded:,} (description kept, no quantum numbers)"))
+                rows += [(f"  {coupling or 'no coupling'}", f"{n:,}  e.g. {example}")
+                         for coupling, n, example in t.undecoded_by_coupling]
         if self.command in WRITES_TRANSITIONS and not self.dry_run:
             rows.append(("transitions", f"{t.transitions:,}"))
         if t.species_created:
@@ -1815,8 +2871,6 @@ class Summary:
             rows.append(("continues", f"run {self.continues_run}"))
         if self.retried:
             rows.append(("retries", f"{len(self.retried)} (last: {self.retried[-1][:60]})"))
-        if self.cache_hit_rate is not None:
-            rows.append(("level cache", f"{self.cache_hit_rate:.1%} hits"))
         rows.append(("elapsed", f"{self.elapsed:.2f} s  ({self.rate:,.0f} records/s)"))
         width = max(19, *(len(name) for name, _ in rows))
         head = f"{self.command}: " + (f"run {self.run_id} " if self.run_id else "") + self.message
@@ -1883,6 +2937,156 @@ def _looks_numeric(text: str) -> bool:
 
 
 RETRY_DELAY = 0.5  # seconds before the first retry; doubled for each further one
+LOCK_POLL = 1.0  # seconds between tries of a command that waits for the lock (--wait)
+_LOCK_KEY = int.from_bytes(hashlib.sha256(b"valdimport").digest()[:8], "big", signed=True)
+_held_locks = {}  # alias -> the DatabaseLock this process holds
+
+
+class Locked(UsageError):
+    """Another valdimport command is writing to the database."""
+
+
+class DatabaseLock:
+    """One valdimport command at a time writes to a database, from its start (the schema
+    created or migrated) to its end.
+
+    PostgreSQL: a session advisory lock; MySQL: GET_LOCK named after the database (its
+    locks are server-wide); each on a connection of its own, since the retries close
+    and reopen the writer's. SQLite: flock on ``DATABASE.lock`` beside the database
+    (not on the database file: closing a descriptor of it would drop SQLite's own
+    locks). The lock goes with the session or the process: a killed run leaves none.
+    """
+
+    def __init__(self, using: str):
+        self.using, self.vendor = using, connections[using].vendor
+        self._session, self._held = None, False  # PostgreSQL, MySQL: the lock's connection
+        self._file = None  # SQLite: the locked file's descriptor
+
+    def acquire(self, wait: bool):
+        told = False
+        while not self._try():
+            holder = self.holder()
+            if not wait:
+                raise Locked(f"{holder} is writing to {describe_database(self.using)}; "
+                             "rerun with --wait to wait for it, or stop it first")
+            if not told:
+                print(f"valdimport: waiting for {holder} to finish (--wait)", file=sys.stderr)
+                told = True
+            time.sleep(LOCK_POLL)
+
+    def _try(self) -> bool:
+        if self.vendor == "sqlite":
+            return self._try_file()
+        if self._session is None:
+            connection = connections[self.using]
+            self._session = connection.get_new_connection(connection.get_connection_params())
+            if self.vendor == "postgresql":
+                self._session.autocommit = True
+        cursor = self._session.cursor()
+        cursor.execute(self.SESSION_LOCKS[self.vendor][0], [self._key()])
+        self._held = bool(cursor.fetchone()[0])
+        return self._held
+
+    SESSION_LOCKS = {"postgresql": ("SELECT pg_try_advisory_lock(%s)", "SELECT pg_advisory_unlock(%s)"),
+                     "mysql": ("SELECT GET_LOCK(%s, 0)", "SELECT RELEASE_LOCK(%s)")}
+
+    def _key(self):
+        if self.vendor == "postgresql":
+            return _LOCK_KEY
+        name = str(connections[self.using].settings_dict["NAME"])
+        return "valdimport:" + (name if len(name) <= 53 else hashlib.sha1(name.encode()).hexdigest())
+
+    def _try_file(self) -> bool:
+        import fcntl
+        name = str(connections[self.using].settings_dict["NAME"])
+        if name in ("", ":memory:") or name.startswith("file:"):
+            return True  # in memory: this process's alone
+        path = name + ".lock"
+        while True:
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as error:
+                raise UsageError(f"cannot write to {describe_database(self.using)}: cannot create "
+                                 f"its lock file {path} ({error.strerror}); make its folder "
+                                 "writable (SQLite writes beside the database, too)") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return False
+            if _same_file(fd, path):
+                self._file, self.path = fd, path
+                return True
+            os.close(fd)  # its holder removed it after we opened it: lock the new one
+
+    def holder(self) -> str:
+        """The run holding the lock, from import_runs: the latest one whose process is
+        alive (on this host; elsewhere, still running), its housekeeping perhaps."""
+        from node_common.models import ImportRun
+        try:
+            runs = list(ImportRun.objects.using(self.using).order_by("-updated_at")[:20])
+        except Exception:  # no schema yet: the holder is creating it
+            runs = []
+        for run in runs:
+            if _process_alive(run) if run.host == _host() else run.status == ImportRun.RUNNING:
+                return f"run {run.id} ({run.command} {run.input_name}, pid {run.pid} on {run.host})"
+        return "another valdimport command"
+
+    def check(self):
+        """After the database was unreachable: its session, and the lock with it, may be
+        gone; take the lock again, or stop if another command took it meanwhile."""
+        if self._session is None:
+            return
+        try:
+            self._session.cursor().execute("SELECT 1")
+            return
+        except Exception:
+            self.release()
+        for _ in range(10):  # the server frees the lock of the lost session when it notices
+            if self._try():
+                return
+            time.sleep(LOCK_POLL)
+        raise ValdImportError(f"{self.holder()} took the lock of {describe_database(self.using)} "
+                              "while it was unreachable; rerun this command later to resume")
+
+    def release(self):
+        if self._file is not None:
+            if _same_file(self._file, self.path):
+                os.remove(self.path)  # while still locked: a waiter then locks a new file
+            os.close(self._file)
+            self._file = None
+        if self._session is not None:  # the session may be gone with the server
+            if self._held:  # at once: the server frees it only once it notices the end
+                with contextlib.suppress(Exception):
+                    self._session.cursor().execute(self.SESSION_LOCKS[self.vendor][1], [self._key()])
+            with contextlib.suppress(Exception):
+                self._session.close()
+            self._session, self._held = None, False
+
+
+def _same_file(fd: int, path: str) -> bool:
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (mine.st_dev, mine.st_ino) == (status.st_dev, status.st_ino)
+
+
+@contextlib.contextmanager
+def database_lock(using: str, wait: bool = False):
+    """Hold the database's lock (see DatabaseLock) meanwhile; a holder may take it again."""
+    if using in _held_locks:
+        yield
+        return
+    lock = DatabaseLock(using)
+    try:
+        lock.acquire(wait)
+        _held_locks[using] = lock
+        yield
+    finally:
+        _held_locks.pop(using, None)
+        lock.release()
 
 
 class RunStopped(ValdImportError):
@@ -1899,23 +3103,25 @@ def run_import(command: str, source: str = "-", *, using: str = DEFAULT_DB_ALIAS
     if options.dry_run:
         summary = _dry_run(command, Input(source), using, options)
     else:
-        if options.fast:
-            summary = FastLoad(command, source, using, options).run()
-        else:
-            if options.clear:
-                confirm_clear(command, options)
-            prepare_database(using)
-            if options.clear:
-                clear_tables(command, using)
-            summary = _import_input(command, Input(source), using, options)
-        if not options.skip_housekeeping:
-            summary.phases += with_retries(using, options.retries, lambda: housekeeping(
-                using, skip_calc=options.skip_calc, batch_size=options.batch_size))
-        if options.verify:
-            checked = time.monotonic()
-            summary.verified = verify(using, dump=None if source in ("-", None) else source,
-                                      skip_header=options.skip_header, workers=options.workers)
-            summary.phases.append(("verify", len(summary.verified.rows), time.monotonic() - checked))
+        connect_database(using)
+        with database_lock(using, options.wait), writable(using):
+            if options.fast:
+                summary = FastLoad(command, source, using, options).run()
+            else:
+                if options.clear:
+                    confirm_clear(command, options)
+                prepare_database(using, options.retries)
+                if options.clear:
+                    clear_tables(command, using)
+                summary = _import_input(command, Input(source), using, options)
+            if not options.skip_housekeeping:
+                summary.phases += with_retries(using, options.retries, lambda: housekeeping(
+                    using, skip_calc=options.skip_calc, batch_size=options.batch_size))
+            if options.verify:
+                checked = time.monotonic()
+                summary.verified = verify(using, dump=None if source in ("-", None) else source,
+                                          skip_header=options.skip_header, workers=options.workers)
+                summary.phases.append(("verify", len(summary.verified.rows), time.monotonic() - checked))
     summary.elapsed = time.monotonic() - started
     return summary
 
@@ -1954,11 +3160,11 @@ def clear_tables(command: str, using: str):
 class FastLoad:
     """--fast: a first load into emptied tables, the fastest way each engine allows.
 
-    Secondary indexes are dropped and built again after the load; PostgreSQL
-    tables are UNLOGGED meanwhile, SQLite runs without a journal, MySQL without
-    uniqueness checks. The unique constraint of the levels stays in place (the
-    importer deduplicates with it) and is verified at the end. A crash in the
-    middle can lose everything loaded (and, on SQLite, corrupt the file).
+    On top of what every first load does (secondary indexes built at the end), the
+    PostgreSQL tables are UNLOGGED meanwhile, SQLite runs without a journal, MySQL
+    without uniqueness checks. The unique constraint of the levels stays in place and
+    is verified at the end. A crash in the middle can lose everything loaded (and, on
+    SQLite, corrupt the file).
     """
 
     RISKS = ("--fast: the tables are emptied first; until the run ends, a crash or a killed "
@@ -1976,33 +3182,21 @@ class FastLoad:
             raise UsageError("--fast needs --clear: it loads into emptied tables; add --clear "
                              "(it deletes what these tables hold) or leave out --fast")
         confirm_clear(self.command, self.options, self.RISKS)
-        prepare_database(self.using)
+        prepare_database(self.using, self.options.retries)
         writer = Writer.for_alias(self.using)
         tables = [m._meta.db_table for m in self.models]
         self._phase("clear", lambda: clear_tables(self.command, self.using))
-        self._phase("drop indexes", lambda: self._indexes(drop=True))
         writer.start_fast(tables)
         try:
             summary = _import_input(self.command, Input(self.source), self.using, self.options)
         finally:
             self._phase("crash safety back", lambda: writer.end_fast(tables))
-        self._phase("indexes", lambda: self._indexes(drop=False))
         self._phase("verify", self._verify_unique)
-        summary.phases = self.phases[:2] + summary.phases + self.phases[2:]
+        summary.phases = self.phases[:1] + summary.phases + self.phases[1:]
         return summary
 
     def _phase(self, name, work):
         self.phases.append(timed_phase(name, work))
-
-    def _indexes(self, drop: bool) -> int:
-        """Drop or build the models' secondary indexes (not the unique constraints)."""
-        with connections[self.using].schema_editor() as editor:
-            for model in self.models:
-                for index in model._meta.indexes:
-                    # the index's own SQL: editor.remove_index would add an index on
-                    # MySQL for a foreign key these tables do not enforce
-                    editor.execute((index.remove_sql if drop else index.create_sql)(model, editor))
-        return sum(len(model._meta.indexes) for model in self.models)
 
     def _verify_unique(self) -> int:
         """Levels checked: none may be stored twice."""
@@ -2016,6 +3210,8 @@ class FastLoad:
 
 def _import_input(command, inp, using, options) -> Summary:
     """Import ``inp`` after what earlier runs on the same input committed."""
+    if not inp.head:
+        raise empty_input(inp)
     writer = Writer.for_alias(using)
     ledger = RunLedger(using, command, inp, options)
     candidates = ledger.candidates()
@@ -2030,12 +3226,15 @@ def _import_input(command, inp, using, options) -> Summary:
             if not inp.reopenable:
                 raise UsageError(
                     f"standard input differs from the input of run {ledger.candidate.id} (same "
-                    f"first 64 KiB, different before line {mismatch.line:,}); give the file with "
-                    "--file so that it can be compared with every earlier run, or use --restart "
-                    "to import all of it as a new run") from None
+                    f"first bytes, different before line {mismatch.line:,}): it is another input; "
+                    "--clear replaces what is imported with it, --restart adds all of it as a new "
+                    "run; or give it with --file to compare it with every earlier run") from None
             inp.reopen()
         except RunStopped:
             ledger.finish_quietly(ledger.model.STOPPED, run.tally, "stopped by --max-errors")
+            raise
+        except KeyboardInterrupt:
+            ledger.finish_quietly(ledger.model.STOPPED, None, "interrupted")
             raise
         except BaseException as error:
             ledger.finish_quietly(ledger.model.FAILED, None, _one_line(error))
@@ -2052,6 +3251,8 @@ def with_retries(using: str, retries: int, work, already_done=None, on_retry=Non
     attempt = 0
     while True:
         try:
+            if attempt and using in _held_locks:
+                _held_locks[using].check()
             if attempt and already_done is not None:
                 done = already_done()
                 if done is not None:
@@ -2088,12 +3289,14 @@ class BatchImport:
     def __init__(self, command, inp, writer, ledger, options):
         self.command, self.inp, self.writer, self.ledger = command, inp, writer, ledger
         self.options, self.using = options, writer.alias
-        self.cache = StateCache(options.cache_size)
         self.config = ParseConfig(options.skip_header, options.skip_calc,
-                                  tuple(linelist_methods(self.using).items()),
-                                  writer.rows if command in WRITES_TRANSITIONS else None)
-        self.rejects = RejectFile(ledger.reject_path())
+                                  tuple(linelist_methods(self.using).items()), writer.rows,
+                                  command in WRITES_TRANSITIONS)
+        self.rejects = None  # opened once the run is known: its file is named after it
         self.tally = Tally()
+        self.tables = ["states", "transitions"] if command in WRITES_TRANSITIONS else ["states"]
+        self.levels, self.next_id = None, 1  # LevelKeys of the stored levels, loaded at the start
+        self.counted = np.zeros(0, bool)  # by state id: stored before the run, counted as found
         self.resumed_with = 0  # records the run had when this invocation took it over
         self.seconds, self.rows = Counter(), Counter()  # per phase, this invocation
         self.started = time.monotonic()
@@ -2102,34 +3305,68 @@ class BatchImport:
         prefix_lines, stop_at = 0, self.ledger.skip_to
         progress = _progress_bar(self.inp, self.options)
         self._retrying(self.writer.start_import)
+        batches = read_batches(self.inp.blocks(), self.options.batch_size, stop_at)
+        with parsing(batches, self.config, self.options) as pairs:
+            return self._import_pairs(progress, batches, pairs, prefix_lines, stop_at)
+
+    def _import_pairs(self, progress, batches, pairs, prefix_lines, stop_at) -> Summary:
         try:
-            batches = read_batches(self.inp.lines(), self.options.batch_size, stop_at)
             if stop_at is None:
-                self.rejects.open()
+                self._open_rejects()
+                pairs = dump_batches(pairs, self.inp)
             else:
-                for batch in batches:  # re-reading what an earlier run committed
-                    prefix_lines += len(batch.lines)
-                    _advance(progress, self.inp)
-                    if batch.end_offset == stop_at:
-                        self._continue_after(batch, prefix_lines)
-                        break
-            for batch, parsed in parsed_batches(batches, self.config, self.options):
+                batch = None
+                try:
+                    for batch in batches:  # re-reading what an earlier run committed
+                        prefix_lines += batch.line_count
+                        _advance(progress, self.inp)
+                        if batch.end_offset == stop_at:
+                            self._continue_after(batch, prefix_lines)
+                            break
+                except PrefixMismatch as mismatch:
+                    if mismatch.ended and batch is not None and self.ledger.is_part_of(
+                            self.ledger.candidate, batch.end_offset, batch.checkpoints):
+                        return self._part_of_candidate(prefix_lines)
+                    raise
+            if self.ledger.candidate is None:
+                self._timed("drop indexes", lambda: self._retrying(
+                    lambda: secondary_indexes(self.using, self.tables, drop=True)))
+            self._timed("level index", self._load_levels)
+            for batch, parsed in pairs:
                 self._import(batch, parsed)
                 _advance(progress, self.inp, parsed.records, self._progress_note)
+            self._timed("indexes", lambda: self._retrying(
+                lambda: secondary_indexes(self.using, self.tables, drop=False)))
         finally:
             progress.close()
-            self.rejects.close()
+            if self.rejects is not None:
+                self.rejects.close()
             self.writer.end_import()
         if self.ledger.run is None:  # the input ended inside an earlier run's committed prefix
             raise PrefixMismatch(self.ledger.candidate.committed_line)
         return self._finish()
 
+    def _part_of_candidate(self, lines: int) -> Summary:
+        """The input is a part of what the candidate committed (``head -N`` of it): no run."""
+        tally = Tally(lines_read=lines, skipped=Counter({"already imported": lines}))
+        return Summary(self.command, self.inp.name, describe_database(self.using), None, tally,
+                       message=f"found nothing new: the input is a part of what run "
+                               f"{self.ledger.candidate.id} imported")
+
+    def _load_levels(self) -> int:
+        self.levels, self.next_id = self._retrying(self.writer.level_index)
+        self.counted = np.zeros(self.next_id, bool)
+        return len(self.levels)
+
+    def _timed(self, phase, work):
+        started = time.monotonic()
+        self.rows[phase] += work() or 0
+        self.seconds[phase] += time.monotonic() - started
+
     def _progress_note(self) -> str:
         records = self.tally.imported + self.tally.rejected - self.resumed_with
         rate = records / max(time.monotonic() - self.started, 1e-9)
-        hits = self.cache.hits + self.cache.misses
-        return (f"{rate:,.0f} records/s, {self.rows['levels']:,} new levels"
-                + (f", cache {self.cache.hit_rate:.0%} hits" if hits else ""))
+        return f"{rate:,.0f} records/s, {self.rows['levels']:,} new levels"
 
     def _retrying(self, work, already_done=None):
         return with_retries(self.using, self.options.retries, work, already_done,
@@ -2144,36 +3381,18 @@ class BatchImport:
                 return self.ledger.prefix_verified(batch, prefix_lines, Tally())
         self.tally = self._retrying(work)
         self.resumed_with = self.tally.imported + self.tally.rejected
-        self.rejects.open(keep_through_line=batch.last_line)
+        self._open_rejects(keep_through_line=batch.last_line)
+
+    def _open_rejects(self, keep_through_line=None):
+        self.rejects = RejectFile(self.ledger.reject_path())
+        self.rejects.open(keep_through_line)
 
     def _import(self, batch, parsed):
+        """Write and commit one batch, retried after transient faults."""
         mark = self.rejects.mark()
-
-        def work(isolate=False):
-            self.rejects.truncate(mark)  # what a failed try wrote
-            with transaction.atomic(using=self.using):
-                tally, refused = self._write(batch, parsed, isolate)
-                self.rejects.write(sorted(parsed.rejects + refused))
-                self.ledger.record_batch(batch, tally)
-            return tally
-
-        def refusals_isolated():
-            # Savepoints only when the database refuses a row: on SQLite each one keeps
-            # a journal of every page the batch changes (in memory: temp_store=MEMORY).
-            try:
-                return work()
-            except Exception as error:
-                if error_kind(error) != REFUSED:
-                    raise
-                self.writer.create_stage_tables()
-                return work(isolate=True)
-
-        def already_done():
-            run = self.ledger.reload()
-            return Tally.from_run(run) if run.committed_bytes >= batch.end_offset else None
-
         before = self.tally
-        self.tally = self._retrying(refusals_isolated, already_done)
+        self.tally = self._retrying(lambda: self._commit_isolating_refusals(batch, parsed, mark),
+                                    lambda: self._committed_already(batch))
         self.seconds["parse"] += parsed.seconds
         self.rows.update(parse=parsed.records + len(parsed.rejects),
                          levels=self.tally.states_new - before.states_new,
@@ -2181,8 +3400,43 @@ class BatchImport:
         limit = self.options.max_errors
         if limit and self.tally.rejected >= limit and self.tally.rejected > before.rejected:
             raise RunStopped(f"stopped after {self.tally.rejected:,} rejected lines (--max-errors "
-                             f"{limit}); lines up to {batch.last_line:,} are committed, the "
+                             f"{limit}); lines up to {batch.committed_line:,} are committed, the "
                              f"rejects are in {self.rejects.path}")
+
+    def _commit(self, batch, parsed, mark, isolate=False) -> "Tally":
+        """The batch's rows, its rejects and the run's position, in one transaction."""
+        self.rejects.truncate(mark)  # what a failed try wrote
+        self._stored = {}  # level key -> id stored in this transaction, known on commit
+        self._next_id, self._counted = self.next_id, []
+        with transaction.atomic(using=self.using):
+            tally, refused = self._write(batch, parsed, isolate)
+            self.rejects.write(sorted(parsed.rejects + refused))
+            self.ledger.record_batch(batch, tally)
+            transaction.on_commit(self._remember_levels, using=self.using)
+        return tally
+
+    def _commit_isolating_refusals(self, batch, parsed, mark) -> "Tally":
+        # Savepoints only when the database refuses a row: on SQLite each one keeps
+        # a journal of every page the batch changes (in memory: temp_store=MEMORY).
+        try:
+            return self._commit(batch, parsed, mark)
+        except Exception as error:
+            if error_kind(error) != REFUSED:
+                raise
+            return self._commit(batch, parsed, mark, isolate=True)
+
+    def _committed_already(self, batch) -> "Tally | None":
+        """The run's tally if the batch committed although the connection broke."""
+        run = self.ledger.reload()
+        return Tally.from_run(run) if run.committed_bytes >= batch.end_offset else None
+
+    def _remember_levels(self):
+        if self._stored:
+            self.levels.add(np.array(list(self._stored), np.complex128),
+                            np.array(list(self._stored.values()), np.int64))
+        self.next_id = self._next_id
+        for ids in self._counted:
+            self.counted[ids] = True
 
     def _write(self, batch, parsed, isolate: bool) -> tuple[Tally, list]:
         """Write one batch in the open transaction; (the run's new tally, refused rejects).
@@ -2191,36 +3445,39 @@ class BatchImport:
         refused rows are found and returned, the others written."""
         tally = self.tally.copy()
         cursor = self.writer.cursor()
-        missing = self.writer.missing_species(cursor, parsed.species)
+        missing = self.writer.missing_species(cursor, parsed.species_ids)
         if missing:
             self.writer.create_species(cursor, missing)
             tally.species_created.extend(missing)
         refused = []
+        records = np.arange(parsed.records)
         if parsed.records and isolate:
-            refused = self._store(batch, parsed, parsed.transitions, parsed.keys, tally)
+            refused = self._store(batch, parsed, records, tally)
         elif parsed.records:
-            self._count_stored(tally, *self._store_records(batch, parsed, parsed.transitions, parsed.keys))
+            self._count_stored(tally, *self._store_records(batch, parsed, records))
         if refused and len(refused) == parsed.records > 1:
             raise ValdImportError(f"the database refused every record of lines {batch.first_line:,}"
                                   f"-{batch.last_line:,}; first: {refused[0][1]}")
-        tally.add(len(batch.lines), parsed, len(refused))
+        tally.add(batch.line_count, parsed, len(refused))
         return tally, refused
 
-    def _store(self, batch, parsed, records, keys, tally) -> list:
+    def _store(self, batch, parsed, records, tally) -> list:
         """Store ``records`` under a savepoint; on refusal, halve until the bad ones are alone."""
+        stored = dict(self._stored)
         try:
             with transaction.atomic(using=self.using):
-                new, existing, transitions = self._store_records(batch, parsed, records, keys)
+                new, existing, transitions = self._store_records(batch, parsed, records)
         except Exception as error:
             if error_kind(error) != REFUSED:
                 raise
+            self._stored = stored  # what the savepoint stored is gone
             if len(records) == 1:
-                number = records[0][0]
+                number = int(parsed.line_numbers[records[0]])
                 return [(number, f"refused by the database: {_first_line(error)}",
-                         _raw_text(batch.lines[number - batch.first_line]))]
+                         _line_text(batch, number))]
             half = len(records) // 2
             return [reject for part in (records[:half], records[half:])
-                    for reject in self._store(batch, parsed, part, _keys_of(part), tally)]
+                    for reject in self._store(batch, parsed, part, tally)]
         self._count_stored(tally, new, existing, transitions)
         return []
 
@@ -2230,45 +3487,58 @@ class BatchImport:
         tally.states_existing += existing
         tally.transitions += transitions
 
-    def _store_records(self, batch, parsed, records, keys) -> tuple[int, int, int]:
-        """Levels not in the cache, then (pass 2) the transitions; (new, existing, transitions).
-
-        Levels the cache does not know are looked up by key; those not stored yet
-        are inserted from the rows the parser sent (it sends a level's row only
-        the first time it meets it, so a row missing here is parsed again).
-        """
+    def _store_records(self, batch, parsed, records) -> tuple[int, int, int]:
+        """The levels of ``records`` not stored yet, then (pass 2) their transitions;
+        (new levels, levels found stored, transitions)."""
         cursor = self.writer.cursor()
-        run_id = self.ledger.run.id
-        started = time.monotonic()
-        ids, unknown = {}, []
-        for key in keys:
-            state_id = self.cache.get(key)
-            if state_id is None:
-                unknown.append(key)
-            else:
-                ids[key] = state_id
-        new = existing = 0
-        if unknown:
-            found = self.writer.lookup_levels(cursor, unknown)
-            ids.update(found)
-            existing = len(found)
-            missing = [k for k in unknown if k not in found]
-            if missing:
-                rowless = [k for k in missing if k not in parsed.levels]
-                levels = parse_batch(batch.lines, batch.first_line, self.config).levels \
-                    if rowless else parsed.levels
-                new, fetched = self.writer.store_levels(cursor, [levels[k] + (run_id,) for k in missing])
-                existing += len(missing) - new
-                ids.update(fetched)
-            learned = {k: ids[k] for k in unknown}
-            transaction.on_commit(lambda: self.cache.update(learned), using=self.using)
+        run_id, started = self.ledger.run.id, time.monotonic()
+        every = len(records) == parsed.records
+        if self.config.transitions:
+            used = np.arange(len(parsed.keys)) if every else np.unique(
+                np.concatenate([parsed.lower[records], parsed.upper[records]]))
+        else:  # pass 1: only what the parser carries can be new
+            used = np.flatnonzero(parsed.carried) if every else np.intersect1d(
+                np.flatnonzero(parsed.carried), np.concatenate([parsed.lower[records], parsed.upper[records]]))
+        keys = parsed.keys[used]
+        ids = self.levels.lookup(keys)
+        if self._stored:  # stored earlier in this transaction (a batch isolating refused rows)
+            for i in np.flatnonzero(ids < 0):
+                ids[i] = self._stored.get(complex(keys[i]), -1)
+        existing = self._newly_found(ids)
+        new = np.flatnonzero(ids < 0)
+        if len(new):
+            ids[new] = np.arange(self._next_id, self._next_id + len(new))
+            self._next_id += len(new)
+            self.writer.insert_levels(cursor, self._level_rows(batch, parsed, used[new]), ids[new], run_id)
+            self._stored.update(zip(keys[new].tolist(), ids[new].tolist()))
         levels_done = time.monotonic()
         self.seconds["levels"] += levels_done - started
-        if self.command not in WRITES_TRANSITIONS:
-            return new, existing, 0
-        self.writer.insert_transitions(cursor, records, ids, run_id)
+        if not self.config.transitions:
+            return len(new), existing, 0
+        key_ids = np.full(len(parsed.keys), -1, np.int64)
+        key_ids[used] = ids
+        rows = parsed.transitions if every else parsed.transitions.take(records)
+        self.writer.insert_transitions(cursor, rows, key_ids[parsed.lower[records]],
+                                       key_ids[parsed.upper[records]], run_id)
         self.seconds["transitions"] += time.monotonic() - levels_done
-        return new, existing, len(records)
+        return len(new), existing, len(records)
+
+    def _newly_found(self, ids) -> int:
+        """How many of ``ids`` are levels stored before the run that were not counted yet."""
+        found = ids[(ids >= 0) & (ids < len(self.counted))]
+        found = np.unique(found[~self.counted[found]])
+        self._counted.append(found)
+        return len(found)
+
+    def _level_rows(self, batch, parsed, wanted: np.ndarray):
+        """The rows of the levels ``wanted`` (indexes into parsed.keys): from the batch, or,
+        for a level an earlier batch carried without getting it stored, parsed again."""
+        row_of = np.cumsum(parsed.carried) - 1
+        if parsed.carried[wanted].all():
+            return parsed.levels.take(row_of[wanted])
+        again = parse_batch(batch.data, batch.first_line, replace(self.config, transitions=False),
+)
+        return again.levels.take(np.searchsorted(again.keys, parsed.keys[wanted]))
 
     def _finish(self) -> Summary:
         ledger, tally = self.ledger, self.tally
@@ -2277,62 +3547,152 @@ class BatchImport:
             message = f"found nothing new: run {ledger.candidate.id} imported this input already"
 
         def work():
-            tally.undecoded = undecoded_levels(self.using, ledger.run.id)
+            tally.undecoded_by_coupling = undecoded_levels(self.using, ledger.run.id)
+            tally.undecoded = sum(n for _, n, _ in tally.undecoded_by_coupling)
             ledger.finish(ledger.model.COMPLETED, tally, "" if message == "completed" else message)
+        self._retrying(self.writer.sync_sequence)
         self._retrying(work)
+        phases = ["drop indexes", "level index", "parse", "levels",
+                  *(["transitions"] if self.config.transitions else []), "indexes"]
+        phases = [p for p in phases if p in self.seconds]
         return Summary(self.command, self.inp.name, describe_database(self.using), ledger.run.id,
                        tally, message=message,
                        resumed_from_line=ledger.run.resumed_from_line if ledger.resumed else None,
                        continues_run=ledger.candidate.id if ledger.candidate and not ledger.resumed else None,
                        reject_file=self.rejects.path if tally.rejected else None,
-                       cache_hit_rate=self.cache.hit_rate if self.cache.hits + self.cache.misses else None,
                        retried=self.ledger.retried,
                        records_now=tally.imported + tally.rejected - self.resumed_with,
-                       phases=[(name, self.rows[name], self.seconds[name]) for name in
-                               ("parse", "levels", "transitions")[:3 if self.command in
-                                                                   WRITES_TRANSITIONS else 2]])
+                       phases=[(name, self.rows[name], self.seconds[name]) for name in phases])
 
 
-def _keys_of(records) -> list:
-    return list(dict.fromkeys(key for _, lower, upper, _ in records for key in (lower, upper)))
+def secondary_indexes(using: str, tables, drop: bool) -> int:
+    """A first load builds the secondary indexes of the tables it fills once, at the end
+    (maintaining them row by row costs most of the time of a load): ``drop`` them where
+    the table is still empty, else create those that are missing; returns how many.
+
+    A run that is killed leaves them missing (verify and check-indexes say so) until a
+    run that writes the table ends, or check-indexes --fix. Unique constraints stay."""
+    from django.apps import apps
+    connection = connections[using]
+    done = 0
+    for model in apps.get_app_config("node_atom").get_models():
+        table = model._meta.db_table
+        if table not in tables or not model._meta.indexes:
+            continue
+        with connection.cursor() as cursor:
+            if drop:
+                cursor.execute(f"SELECT 1 FROM {connection.ops.quote_name(table)} LIMIT 1")
+                if cursor.fetchone():
+                    continue
+            live = connection.introspection.get_constraints(cursor, table)
+        wanted = [i for i in model._meta.indexes if (i.name in live) == drop]
+        with connection.schema_editor() as editor:
+            for index in wanted:
+                # the index's own SQL: editor.remove_index would add an index on MySQL
+                # for a foreign key these tables do not enforce
+                editor.execute((index.remove_sql if drop else index.create_sql)(model, editor))
+        done += len(wanted)
+    return done
+
+
+def _line_text(batch: Batch, number: int) -> str:
+    """The text of line ``number`` of a batch."""
+    line = batch.data.split(b"\n")[number - batch.first_line]
+    return line.rstrip(b"\r").decode("utf-8", "backslashreplace")
+
+
+@contextlib.contextmanager
+def parsing(batches, config: ParseConfig, options: "ImportOptions"):
+    """parsed_batches(...), closed on the way out however the caller leaves: an error
+    that stops a run must not leave the parser processes and their shared memory to
+    the interpreter's shutdown."""
+    pairs = parsed_batches(batches, config, options)
+    try:
+        yield pairs
+    finally:
+        pairs.close()
 
 
 def parsed_batches(batches, config: ParseConfig, options: "ImportOptions"):
     """(batch, parsed batch) in input order.
 
-    The first batch is parsed here; from the second on, ``options.workers``
-    processes parse (0: here) while the caller writes, with a bounded number
-    of batches in flight, so memory stays constant.
+    The first batch is parsed here; from the second on, ``options.workers`` processes
+    parse (0: here) while the caller writes, with a bounded number of batches in flight,
+    so memory stays constant. Batches and what the parser made of them cross between
+    the processes through shared memory; only their descriptions are pickled.
     """
-    shipped = KeySet(options.cache_size)
+    shipped = LevelKeys()
     workers = default_workers() if options.workers is None else options.workers
     for batch in batches:
-        parsed = parse_batch(batch.lines, batch.first_line, config, shipped)
-        shipped.update(parsed.levels)
-        yield batch, parsed
+        yield batch, parse_batch(batch.data, batch.first_line, config, shipped)
         break
     if workers == 0:
         for batch in batches:
-            parsed = parse_batch(batch.lines, batch.first_line, config, shipped)
-            shipped.update(parsed.levels)
-            yield batch, parsed
+            yield batch, parse_batch(batch.data, batch.first_line, config, shipped)
         return
-    import multiprocessing
-    pool = multiprocessing.get_context("spawn").Pool(
-        workers, initializer=_start_worker, initargs=(config, options.cache_size))
+    for batch in batches:  # a second batch: worth starting the processes
+        with ParserPool(workers, config, options.batch_size, shipped) as pool:
+            yield from pool.parsed(itertools.chain([batch], batches))
+
+
+DUMP_EVIDENCE = 1000  # candidate lines that must show that an input is a VALD dump
+
+
+def dump_batches(pairs, inp: Input):
+    """The (batch, parsed batch) pairs of an input read from its start, held back until
+    its first DUMP_EVIDENCE candidate lines (data lines, and reference lines without
+    one) show that it is a VALD dump: some of them valid data lines, no more rejected
+    than valid. Anything else (random bytes, a CSV, a species list) stops the run
+    before it writes: its reject file would be as large as the input."""
+    held, verdicts = [], []
+    for pair in pairs:
+        if held is None:
+            yield pair
+            continue
+        held.append(pair)
+        parsed = pair[1]
+        verdicts += sorted([(number, True) for number in (parsed.line_numbers if parsed.records else [])]
+                           + [(number, False) for number, *_ in parsed.rejects])
+        if len(verdicts) >= DUMP_EVIDENCE:
+            _check_dump(inp, [valid for _, valid in verdicts[:DUMP_EVIDENCE]])
+            yield from held
+            held = None
+    if held is not None:
+        _check_dump(inp, [valid for _, valid in verdicts])
+        yield from held
+
+
+def _check_dump(inp: Input, valid: list):
+    good = sum(valid)
+    if good and good >= len(valid) - good:
+        return
+    first = [line.rstrip(b"\r").decode("utf-8", "backslashreplace")[:40]
+             for line in inp.head.split(b"\n", 3)[:3] if line.strip()]
+    why = (f"{len(valid) - good:,} of its first {len(valid):,} data lines are rejected" if good
+           else f"none of its first {len(valid):,} data lines is valid" if valid else "it has no data line")
+    raise ValdImportError(f"this does not look like a VALD dump (first lines: "
+                          f"{', '.join(map(repr, first))}): {why}; check the input (and --skip-header)")
+
+
+def empty_input(inp: Input) -> ValdImportError:
+    name = "standard input" if inp.name == "-" else inp.name
+    return ValdImportError(f"the input is empty ({name}: 0 bytes): nothing to import; when it "
+                           "comes through a pipe, the command feeding it probably failed")
+
+
+def _ignoring_sigint(start):
+    """``start()`` with Ctrl-C ignored, so that the processes it starts ignore it (what is
+    ignored stays ignored across exec): on a terminal, Ctrl-C reaches the whole process
+    group, and only the main process should stop, with one line, ending the workers."""
+    import signal
     try:
-        in_flight = deque()
-        for batch in batches:
-            in_flight.append((batch, pool.apply_async(_parse_in_worker, (batch.lines, batch.first_line))))
-            if len(in_flight) > workers:  # each worker busy, one batch waiting
-                done, result = in_flight.popleft()
-                yield done, result.get()
-        while in_flight:
-            done, result = in_flight.popleft()
-            yield done, result.get()
-        pool.close()
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread: its signals are not ours to change
+        return start()
+    try:
+        return start()
     finally:
-        pool.terminate()
+        signal.signal(signal.SIGINT, previous)
 
 
 def default_workers() -> int:
@@ -2340,33 +3700,141 @@ def default_workers() -> int:
     return max(1, (os.cpu_count() or 2) - 1)
 
 
-_worker = None  # (ParseConfig, KeySet) of a worker process
+class ParserPool:
+    """Parser processes fed through slots of shared memory: the caller copies a batch into a
+    slot, a worker parses it and writes the arrays of the result into the same slot, and
+    only a small description of them goes back through the pipe (pickling the arrays
+    would cost as much as parsing them)."""
+
+    def __init__(self, workers: int, config: ParseConfig, batch_size: int, shipped: "LevelKeys"):
+        import multiprocessing
+        from multiprocessing import shared_memory
+        self.workers = workers
+        self.slot_bytes = max(1 << 22, batch_size * SLOT_BYTES_PER_RECORD)
+        self.memory = shared_memory.SharedMemory(create=True, size=self.slot_bytes * (workers + 2))
+        self.pool = _ignoring_sigint(lambda: multiprocessing.get_context("spawn").Pool(
+            workers, initializer=_start_worker,
+            initargs=(config, self.memory.name, self.slot_bytes, shipped.all_keys())))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.pool.terminate()
+        self.pool.join()
+        self.memory.close()
+        self.memory.unlink()
+
+    def parsed(self, batches):
+        free, in_flight = list(range(self.workers + 2)), deque()
+        for batch in batches:
+            slot = free.pop()
+            in_flight.append((batch, slot, self._submit(batch, slot)))
+            if not free or len(in_flight) > self.workers:
+                done, slot, result = in_flight.popleft()
+                yield done, self._result(result, slot)
+                free.append(slot)
+        while in_flight:
+            done, slot, result = in_flight.popleft()
+            yield done, self._result(result, slot)
+            free.append(slot)
+        self.pool.close()
+
+    def _submit(self, batch, slot):
+        start = slot * self.slot_bytes
+        if len(batch.data) <= self.slot_bytes // 2:
+            self.memory.buf[start:start + len(batch.data)] = batch.data
+            data = len(batch.data)
+        else:
+            data = batch.data  # too large for the slot: through the pipe
+        return self.pool.apply_async(_parse_in_worker, (slot, data, batch.first_line))
+
+    def _result(self, result, slot) -> ParsedBatch:
+        return _arrays_unpickled(result.get(), self.memory.buf, slot * self.slot_bytes)
 
 
-def _start_worker(config, shipped_size):
+SLOT_BYTES_PER_RECORD = 2500  # a batch's input and its parsed arrays fit in batch_size x this
+
+
+_worker = None  # (ParseConfig, shared memory, slot size, LevelKeys) of a parser process
+
+
+def _start_worker(config, memory_name, slot_bytes, shipped_keys):
     global _worker
-    _worker = (config, KeySet(shipped_size))
+    from multiprocessing import shared_memory
+    shipped = LevelKeys()
+    shipped.add(shipped_keys)
+    _worker = (config, shared_memory.SharedMemory(name=memory_name), slot_bytes, shipped)
 
 
-def _parse_in_worker(lines, first_line):
-    config, shipped = _worker
-    parsed = parse_batch(lines, first_line, config, shipped)
-    shipped.update(parsed.levels)
-    return parsed
+def _parse_in_worker(slot, data, first_line):
+    config, memory, slot_bytes, shipped = _worker
+    start = slot * slot_bytes
+    if isinstance(data, int):
+        data = bytes(memory.buf[start:start + data])
+    parsed = parse_batch(data, first_line, config, shipped)
+    return _arrays_pickled(parsed, memory.buf, start, slot_bytes)
+
+
+def _arrays_pickled(obj, buffer, start: int, size: int) -> bytes:
+    """``obj`` pickled with its NumPy arrays written to buffer[start:start + size] (by
+    reference); with the whole of it pickled when they do not fit."""
+    import pickle
+    at = start
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, value):
+            nonlocal at
+            if not isinstance(value, np.ndarray) or value.dtype.hasobject:
+                return None
+            value = np.ascontiguousarray(value)
+            offset = (at + 63) // 64 * 64
+            if offset + value.nbytes > start + size:
+                raise _SlotFull
+            buffer[offset:offset + value.nbytes] = value.view(np.uint8).reshape(-1) if value.nbytes else b""
+            at = offset + value.nbytes
+            return offset, value.dtype.str, value.shape
+
+    out = io.BytesIO()
+    try:
+        Pickler(out, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+    except _SlotFull:
+        return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    return out.getvalue()
+
+
+class _SlotFull(Exception):
+    pass
+
+
+def _arrays_unpickled(data: bytes, buffer, start: int):
+    import pickle
+
+    class Unpickler(pickle.Unpickler):
+        def persistent_load(self, ref):
+            offset, dtype, shape = ref
+            count = int(np.prod(shape, dtype=np.int64))
+            # a copy: the slot is reused while the batch may still be referred to
+            return np.frombuffer(buffer, dtype, count, offset).reshape(shape).copy()
+
+    return Unpickler(io.BytesIO(data)).load()
 
 
 def _dry_run(command, inp, using, options) -> Summary:
     """Parse and check the whole input, write the reject file; touch no table."""
+    if not inp.head:
+        raise empty_input(inp)
     tally = Tally()
-    rejects = RejectFile(options.reject_file or default_reject_path(inp.name))
+    rejects = RejectFile(options.reject_file or default_reject_path(inp.name, None, using))
     rejects.open()
     progress = _progress_bar(inp, options)
-    config = ParseConfig(options.skip_header, options.skip_calc, rows=TUPLES)
+    config = ParseConfig(options.skip_header, options.skip_calc, rows=TUPLES, transitions=False)
     try:
-        for batch, parsed in parsed_batches(read_batches(inp.lines(), options.batch_size), config, options):
-            rejects.write(parsed.rejects)
-            tally.add(len(batch.lines), parsed)
-            _advance(progress, inp, parsed.records)
+        with parsing(read_batches(inp.blocks(), options.batch_size), config, options) as pairs:
+            for batch, parsed in dump_batches(pairs, inp):
+                rejects.write(parsed.rejects)
+                tally.add(batch.line_count, parsed)
+                _advance(progress, inp, parsed.records)
     finally:
         progress.close()
         rejects.close()
@@ -2427,7 +3895,8 @@ _ATOM_NAME = re.compile(r"(\d*)([A-Z][a-z]?)\b")
 COMPANIONS = {
     "import-species": "import the VALD species list (VALD_list_of_species.csv)",
     "import-linelists": "import the line lists (linelists.dat) and apply their methods",
-    "import-references": "import the BibTeX references (VALD3_ref.bib)",
+    "import-references": "import the BibTeX references (VALD3_ref.bib) and their XSAMS sources",
+    "import-hfs": "import the hyperfine constants (SQLite file with table AB), matched to the levels",
 }
 
 
@@ -2435,17 +3904,25 @@ def run_companion(command: str, source: str = "-", *, using: str = DEFAULT_DB_AL
                   options: ImportOptions | None = None) -> Summary:
     """Import one companion file in one transaction; returns its summary."""
     options = options or ImportOptions()
-    prepare_database(using)
+    connect_database(using)
+    with database_lock(using, options.wait), writable(using):
+        return _import_companion(command, source, using, options)
+
+
+def _import_companion(command, source, using, options) -> Summary:
+    prepare_database(using, options.retries)
     started = time.monotonic()
+    # an AB file is checked before a run is recorded
+    ab = HyperfineFile(source, options.energy_tolerance) if command == "import-hfs" else None
     inp = Input(source)
     ledger = RunLedger(using, command, inp, options)
     ledger.begin(None)
     tally, rejects = Tally(), RejectFile(ledger.reject_path())
     rejects.open()
     importer = {"import-species": _species_rows, "import-linelists": _linelist_rows,
-                "import-references": _reference_rows}[command]
+                "import-references": _reference_rows, "import-hfs": _hfs_rows}[command]
     try:
-        text = b"".join(inp.lines()).decode("utf-8", "replace")
+        text = ab if ab is not None else b"".join(inp.lines()).decode("utf-8", "replace")
         with transaction.atomic(using=using):
             details = importer(text, using, tally, rejects.write)
             ledger.finish(ledger.model.COMPLETED, tally)
@@ -2454,24 +3931,68 @@ def run_companion(command: str, source: str = "-", *, using: str = DEFAULT_DB_AL
         raise
     finally:
         rejects.close()
+        if ab is not None:
+            ab.close()
     update_ground_states(using)
     return Summary(command, inp.name, describe_database(using), ledger.run.id, tally,
                    elapsed=time.monotonic() - started, details=details,
                    reject_file=rejects.path if tally.rejected else None,
-                   read_label="entries read" if command == "import-references" else "lines read")
+                   read_label={"import-references": "entries read",
+                               "import-hfs": "rows read"}.get(command, "lines read"))
 
 
-def _upsert(model, using, objects, fields, unique=("pk",)) -> tuple[int, int]:
-    """Insert or update ``objects`` on their unique key; (new, already present) for pk keys."""
-    present = set()
+def _upsert(model, using, objects, fields, unique=("pk",)) -> tuple[int, int, int]:
+    """Insert or update ``objects`` on their unique key.
+
+    Keyed by pk, only new rows and rows whose ``fields`` changed are written, and the
+    result is (new, updated, unchanged); otherwise every object is written, (len, 0, 0).
+    """
+    new = updated = 0
     if unique == ("pk",):
-        present = set(model.objects.using(using).filter(pk__in=[o.pk for o in objects])
-                      .values_list("pk", flat=True))
+        attnames = [model._meta.get_field(f).attname for f in fields]
+        stored = {pk: values for pk, *values in model.objects.using(using).filter(
+            pk__in=[o.pk for o in objects]).values_list("pk", *attnames)}
+        new = sum(1 for o in objects if o.pk not in stored)
+        objects = [o for o in objects
+                   if stored.get(o.pk) != [getattr(o, name) for name in attnames]]
+        updated = len(objects) - new
     targeted = connections[using].features.supports_update_conflicts_with_target
     model.objects.using(using).bulk_create(
         objects, update_conflicts=True, unique_fields=list(unique) if targeted else None,
         update_fields=fields, batch_size=1000)
-    return len({o.pk for o in objects} - present), len(present)
+    if unique != ("pk",):
+        return len(objects), 0, 0
+    return new, updated, len(stored) - updated
+
+
+def upsert_counts(new: int, updated: int, unchanged: int) -> str:
+    return f"{new:,} new, {updated:,} updated, {unchanged:,} unchanged"
+
+
+class FirstOccurrence:
+    """The one rule for ids repeated in a companion file: the first occurrence is kept,
+    every later one is rejected with its line number and the line of the first."""
+
+    def __init__(self, what: str):
+        self.what, self.first_line, self.repeated = what, {}, []
+
+    def is_repeat(self, key, number: int, raw: str, bad: list) -> bool:
+        """True (and a reject appended to ``bad``) when ``key`` was seen on an earlier line."""
+        first = self.first_line.setdefault(key, number)
+        if first == number:
+            return False
+        bad.append((number, f"duplicate {self.what} {key!r}; the first, on line {first:,}, is kept", raw))
+        self.repeated.append(key)
+        return True
+
+    def details(self) -> list:
+        """The summary row naming the repeated ids, when there were any."""
+        if not self.repeated:
+            return []
+        shown = ", ".join(map(str, list(dict.fromkeys(self.repeated))[:10]))
+        more = len(set(self.repeated)) - 10
+        return [("duplicates", f"{len(self.repeated):,} rejected, the first of each kept: {shown}"
+                 + (f" and {more} more" if more > 0 else ""))]
 
 
 def _species_rows(text, using, tally, reject):
@@ -2479,6 +4000,7 @@ def _species_rows(text, using, tally, reject):
     import csv
     from node_common.models import Species, SpeciesComponent
     species, components, bad = {}, {}, []
+    seen = FirstOccurrence("species index")
     rows = csv.reader(io.StringIO(text))
     for row in rows:
         number = rows.line_num
@@ -2495,6 +4017,8 @@ def _species_rows(text, using, tally, reject):
             except (ValueError, IndexError) as error:
                 bad.append((number, f"bad species row: {error}", ",".join(row)))
                 continue
+            if seen.is_repeat(record.id, number, ",".join(row), bad):
+                continue
             species[record.id] = record
             if parts:
                 components[record.id] = parts
@@ -2502,7 +4026,7 @@ def _species_rows(text, using, tally, reject):
     tally.rejected += len(bad)
     reject(bad)
     fields = [f.name for f in Species._meta.concrete_fields if f.name not in ("id", "ground_state")]
-    new, updated = _upsert(Species, using, list(species.values()), fields)
+    counts = _upsert(Species, using, list(species.values()), fields)
     atoms = {a for parts in components.values() for a in parts}
     placeholders = sorted(atoms - set(Species.objects.using(using).filter(pk__in=atoms)
                                       .values_list("pk", flat=True)))
@@ -2516,7 +4040,7 @@ def _species_rows(text, using, tally, reject):
         if (m, p) not in keep]
     SpeciesComponent.objects.using(using).filter(pk__in=stale).delete()
     tally.species_created = placeholders
-    details = [("species", f"{new:,} new, {updated:,} already present"),
+    details = [("species", upsert_counts(*counts)), *seen.details(),
                ("components", f"{len(wanted):,} of {len(components):,} molecules")]
     if placeholders:
         details.append(("placeholder atoms", ", ".join(map(str, placeholders))))
@@ -2551,6 +4075,7 @@ def _linelist_rows(text, using, tally, reject):
     """Line lists (upsert), then their methods on the transitions and levels already stored."""
     from node_common.models import LineList
     lists, bad = {}, []
+    seen = FirstOccurrence("line-list id")
     for number, line in enumerate(text.splitlines(), 1):
         tally.lines_read += 1
         fields = line.split("\t")
@@ -2565,17 +4090,19 @@ def _linelist_rows(text, using, tally, reject):
         else:
             srcfile, ident, listtype, method = (f.strip() for f in fields)
             try:
-                lists[int(ident)] = LineList(id=int(ident), srcfile=srcfile or None,
-                                             listtype=listtype or None,
-                                             method=int(method) if method else None)
-                tally.imported += 1
+                linelist = LineList(id=int(ident), srcfile=srcfile or None, listtype=listtype or None,
+                                    method=int(method) if method else None)
             except ValueError:
                 bad.append((number, "line-list id and method must be integers", line))
+                continue
+            if not seen.is_repeat(linelist.id, number, line, bad):
+                lists[linelist.id] = linelist
+                tally.imported += 1
     tally.rejected += len(bad)
     reject(bad)
-    new, updated = _upsert(LineList, using, list(lists.values()), ["srcfile", "listtype", "method"])
+    counts = _upsert(LineList, using, list(lists.values()), ["srcfile", "listtype", "method"])
     transitions, states = apply_linelist_methods(using)
-    return [("line lists", f"{new:,} new, {updated:,} already present"),
+    return [("line lists", upsert_counts(*counts)), *seen.details(),
             ("methods applied", f"{transitions:,} transitions, {states:,} levels")]
 
 
@@ -2591,6 +4118,7 @@ def _reference_rows(text, using, tally, reject):
     kinds = {model.ImplicitComment: "comment", model.ExplicitComment: "comment",
              model.String: "@string", model.Preamble: "@preamble"}
     bad, refs = [], []
+    seen = FirstOccurrence("key")
     for block in library.blocks:
         tally.lines_read += 1
         if isinstance(block, model.Entry) and len(block.key) > longest:
@@ -2600,8 +4128,8 @@ def _reference_rows(text, using, tally, reject):
             refs.append(Reference(id=block.key, bibtex=block.raw))
             tally.imported += 1
         elif isinstance(block, model.DuplicateBlockKeyBlock):
-            bad.append((block.start_line + 1, f"duplicate key {block.key!r}; the first entry is kept",
-                        block.raw.replace("\n", " ")))
+            seen.first_line[block.key] = block.previous_block.start_line + 1
+            seen.is_repeat(block.key, block.start_line + 1, block.raw.replace("\n", " "), bad)
         elif isinstance(block, bibtexparser.model.ParsingFailedBlock):
             reason = getattr(block.error, "abort_reason", "") or _first_line(block.error)
             bad.append((block.start_line + 1, f"not a BibTeX entry: {reason.strip()}",
@@ -2610,8 +4138,130 @@ def _reference_rows(text, using, tally, reject):
             tally.skipped[kinds.get(type(block), "other")] += 1
     tally.rejected += len(bad)
     reject(bad)
-    new, updated = _upsert(Reference, using, refs, ["bibtex"])
-    return [("references", f"{new:,} new, {updated:,} already present")]
+    sources = _add_source_xml(refs)
+    counts = _upsert(Reference, using, refs, ["bibtex", "xml"])
+    return [("references", upsert_counts(*counts)), *seen.details(), sources]
+
+
+# XSAMS sources: the <Source> element the node serves for each reference ----------
+
+SOURCE_CATEGORIES = {"article": "journal", "book": "book", "inbook": "book", "incollection": "book",
+                     "techreport": "report", "inproceedings": "proceedings",
+                     "conference": "proceedings", "proceedings": "proceedings",
+                     "phdthesis": "thesis", "mastersthesis": "thesis"}
+OTHER_SOURCE_CATEGORY = "private communication"  # misc, unpublished and any other type
+_NOT_IN_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+_LATEX_ESCAPE = re.compile(r"\\([_%&#$~])")
+
+
+def node_id() -> str:
+    """The node's id in XSAMS source ids (``B<node id>-<key>``): the setting VALD_NODE_ID."""
+    from django.conf import settings
+    value = str(getattr(settings, "VALD_NODE_ID", "vald"))
+    if not value or _NOT_IN_XML.search(value) or any(c.isspace() for c in value):
+        raise UsageError(f"VALD_NODE_ID {value!r} cannot be part of an XSAMS source id: "
+                         "give one word without blanks (the default is vald)")
+    return value
+
+
+def source_xml(key: str, bibtex: str, node: str) -> tuple[str, bool]:
+    """The XSAMS ``<Source>`` element of one BibTeX entry, and whether its fields could be read.
+
+    An entry bibtexparser cannot read still gets a well-formed element: its id,
+    empty ``<Authors>`` and the entry text in ``<BibTeX>``.
+    """
+    fields = _source_fields(bibtex)
+    source = ET.Element("Source", sourceID=_xml_safe(f"B{node}-{key}"))
+    authors = ET.SubElement(source, "Authors")
+    if fields is not None:
+        for name in fields.pop("authors"):
+            ET.SubElement(ET.SubElement(authors, "Author"), "Name").text = name
+        pages = re.findall(r"\d+", fields.get("pages", ""))
+        for tag, value in (("Title", fields.get("title")), ("Category", fields["category"]),
+                           ("Year", fields.get("year")),
+                           ("SourceName", fields.get("journal") or fields.get("booktitle")),
+                           ("Volume", fields.get("volume")),
+                           ("PageBegin", pages[0] if pages else None),
+                           ("PageEnd", pages[-1] if len(pages) > 1 else None),
+                           ("UniformResourceIdentifier", fields.get("url")),
+                           ("DigitalObjectIdentifier", fields.get("doi"))):
+            if value:
+                ET.SubElement(source, tag).text = value
+    ET.SubElement(source, "BibTeX").text = _xml_safe(bibtex)
+    return ET.tostring(source, encoding="unicode"), fields is not None
+
+
+def _source_fields(bibtex: str) -> dict | None:
+    """The fields of a BibTeX entry as XSAMS wants them (LaTeX decoded to Unicode, braces
+    removed, blanks collapsed; authors "First von Last Jr"), or None if it cannot be read."""
+    import logging
+    import bibtexparser
+    from bibtexparser import middlewares, model
+    logging.getLogger("bibtexparser").setLevel(logging.CRITICAL)  # the caller reports failures
+    names = [middlewares.SeparateCoAuthors(), middlewares.SplitNameParts()]
+    library = bibtexparser.parse_string(bibtex, append_middleware=names)
+    if library.failed_blocks or len(library.entries) != 1:
+        return None
+    entry = library.entries[0]
+    values = {f.key.lower(): f.value for f in entry.fields}
+    authors = [" ".join(n.first + n.von + n.last + n.jr) for n in values.pop("author", [])]
+    # url and doi as written: in LaTeX, % would start a comment
+    kept = {k: _LATEX_ESCAPE.sub(r"\1", values.pop(k)) for k in ("url", "doi")
+            if isinstance(values.get(k), str)}
+    plain = [model.Field(k, v) for k, v in values.items() if isinstance(v, str)]
+    plain += [model.Field(f"author {i}", name) for i, name in enumerate(authors)]
+    decoded = _latex_decoder().transform_entry(model.Entry(entry.entry_type, entry.key, plain), library)
+    if not isinstance(decoded, model.Entry):
+        return None
+    fields = {f.key: _xml_safe(" ".join(f.value.split())) for f in decoded.fields}
+    fields.update((k, _xml_safe(" ".join(v.split()))) for k, v in kept.items())
+    fields["authors"] = [fields.pop(f"author {i}") for i in range(len(authors))]
+    fields["category"] = SOURCE_CATEGORIES.get(entry.entry_type.lower(), OTHER_SOURCE_CATEGORY)
+    return fields
+
+
+@functools.lru_cache(maxsize=1)
+def _latex_decoder():
+    from bibtexparser.middlewares import LatexDecodingMiddleware
+    return LatexDecodingMiddleware()
+
+
+def _xml_safe(text: str) -> str:
+    """``text`` without the characters XML 1.0 cannot hold (control characters): U+FFFD instead."""
+    return _NOT_IN_XML.sub("\ufffd", text)
+
+
+def _add_source_xml(refs) -> tuple[str, str]:
+    """Set ``xml`` of each Reference; the summary row counting the minimal elements."""
+    node, unread = node_id(), []
+    for ref in refs:
+        ref.xml, readable = source_xml(ref.id, ref.bibtex, node)
+        if not readable:
+            unread.append(ref.id)
+    shown = ", ".join(unread[:10]) + (f" and {len(unread) - 10} more" if len(unread) > 10 else "")
+    return ("XSAMS sources", f"{len(refs):,} for node {node!r}" + (
+        f", {len(unread):,} minimal (fields not readable: {shown})" if unread else ""))
+
+
+def rebuild_source_xml(using: str = DEFAULT_DB_ALIAS, batch_size: int = 1000) -> int:
+    """Regenerate the XSAMS source of every reference (after VALD_NODE_ID changed, or on a
+    database imported before refs.xml existed); returns the references whose XML changed."""
+    from node_common.models import Reference
+    node, changed, last = node_id(), 0, None
+    while True:
+        batch = Reference.objects.using(using).order_by("pk")
+        batch = list((batch.filter(pk__gt=last) if last is not None else batch)[:batch_size])
+        if not batch:
+            return changed
+        last = batch[-1].pk
+        stale = []
+        for ref in batch:
+            xml = source_xml(ref.pk, ref.bibtex or "", node)[0]
+            if xml != ref.xml:
+                ref.xml = xml
+                stale.append(ref)
+        Reference.objects.using(using).bulk_update(stale, ["xml"])
+        changed += len(stale)
 
 
 def import_species(source="-", *, using=DEFAULT_DB_ALIAS, **options) -> Summary:
@@ -2629,6 +4279,250 @@ def import_references(source="-", *, using=DEFAULT_DB_ALIAS, **options) -> Summa
     return run_companion("import-references", source, using=using, options=ImportOptions(**options))
 
 
+def import_hfs(source, *, using=DEFAULT_DB_ALIAS, **options) -> Summary:
+    """Hyperfine constants of an AB file matched to the stored levels (``energy_tolerance`` in
+    cm-1, default 1.0); they replace the constants of every level."""
+    return run_companion("import-hfs", source, using=using, options=ImportOptions(**options))
+
+
+# Hyperfine constants ---------------------------------------------------------
+
+HFS_CONSTANTS = ("hfs_A", "hfs_dA", "hfs_B", "hfs_dB")
+HFS_STAGE_TABLE = "valdimport_stage_hfs"
+HFS_BATCH = 5000
+
+
+class HyperfineFile:
+    """Table AB(ID, SPEID, E, J, TERM, A, dA, B, dB) of an SQLite file, opened read-only."""
+
+    COLUMNS = ("ID", "SPEID", "E", "J", "TERM", "A", "dA", "B", "dB")
+
+    def __init__(self, path: str, tolerance: float = 1.0):
+        import sqlite3
+        if path in (None, "-"):
+            raise UsageError("import-hfs reads an SQLite file, not standard input: give it with --file")
+        self.path, self.tolerance = str(path), tolerance
+        try:
+            open(self.path, "rb").close()
+        except OSError as error:
+            raise UsageError(f"cannot read {self.path}: {error.strerror}") from None
+        # read-only: a mistyped name never creates an empty database
+        self.db = sqlite3.connect(Path(self.path).absolute().as_uri() + "?mode=ro", uri=True)
+        try:
+            self._check_table()
+        except BaseException:
+            self.close()
+            raise
+
+    def _check_table(self):
+        import sqlite3
+        try:
+            columns = {row[1].lower() for row in self.db.execute("PRAGMA table_info(AB)")}
+        except sqlite3.DatabaseError as error:
+            raise UsageError(f"cannot read {self.path} as an SQLite database: {error}") from None
+        if not columns:
+            raise UsageError(f"{self.path} has no table AB: is it the hyperfine constants file?")
+        missing = [c for c in self.COLUMNS if c.lower() not in columns]
+        if missing:
+            raise UsageError(f"table AB of {self.path} has no column {', '.join(missing)} "
+                             f"(it needs {', '.join(self.COLUMNS)})")
+
+    def batches(self, size: int = HFS_BATCH):
+        """Lists of at most ``size`` rows, in the order of their ID."""
+        cursor = self.db.execute(f"SELECT {', '.join(self.COLUMNS)} FROM AB ORDER BY ID")
+        while rows := cursor.fetchmany(size):
+            yield rows
+
+    def close(self):
+        self.db.close()
+
+
+@dataclass
+class HyperfineRow:
+    position: int  # in the order read (by ID), from 0
+    ab_id: int
+    species: int
+    energy_scaled: int
+    j_scaled: int
+    constants: tuple  # A, dA, B, dB (None where the file has none)
+    text: str  # the row as the reject file shows it
+
+
+def hyperfine_row(position: int, row: tuple) -> HyperfineRow:
+    """One row of table AB, checked; ValueError names what is wrong with it."""
+    ident, speid, energy, j, _term, *constants = row
+
+    def number(name, value, blank_ok=False):
+        if value is None or (isinstance(value, str) and not value.strip()):
+            if blank_ok:
+                return None
+            raise ValueError(f"no {name}")
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} is not a number: {value!r}") from None
+        if not math.isfinite(number):
+            raise ValueError(f"{name} is not a finite number: {value!r}")
+        return number
+
+    def integer(name, raw):
+        value = number(name, raw)
+        if not value.is_integer():
+            raise ValueError(f"{name} is not an integer: {raw!r}")
+        return int(value)
+
+    j_tenths = number("J", j) * 10
+    if j_tenths < 0 or abs(j_tenths - round(j_tenths)) > 1e-6:
+        raise ValueError(f"J is not a level's J (>= 0, at most one decimal): {j!r}")
+    return HyperfineRow(position, integer("ID", ident), integer("SPEID", speid),
+                        round(number("E", energy) * 10_000), round(j_tenths),
+                        tuple(number(name, value, blank_ok=True)
+                              for name, value in zip(("A", "dA", "B", "dB"), constants)),
+                        _ab_text(row))
+
+
+def _hfs_rows(ab: HyperfineFile, using, tally, reject):
+    """Match the rows of ``ab`` to levels, then replace the hyperfine constants of every level."""
+    from node_atom.models import HyperfineMatch
+    tolerance = round(ab.tolerance * 10_000)
+    found, bad, unmatched, position = [], [], [], 0
+    with connections[using].cursor() as cursor:
+        _create_hfs_stage(cursor, using)
+        for rows in ab.batches():
+            tally.lines_read += len(rows)
+            valid = []
+            for row in rows:
+                try:
+                    valid.append(hyperfine_row(position, row))
+                except ValueError as error:
+                    bad.append((position, row[0], str(error), _ab_text(row)))
+                position += 1
+            candidates = _hfs_candidates(cursor, using, valid, tolerance)
+            for row in valid:
+                levels = sorted(candidates.get(row.position, ()))  # (distance, state id)
+                if levels:
+                    found.append((levels[0][1], levels[0][0], row, len(levels)))
+                else:
+                    unmatched.append(row)
+        cursor.execute(f"DROP {_temporary(using)}TABLE {HFS_STAGE_TABLE}")
+        bad += _unmatched_reasons(cursor, unmatched, ab.tolerance)
+        winners, taken = _nearest_row_per_level(found)
+        bad += taken
+        HyperfineMatch.objects.using(using).all().delete()
+        HyperfineMatch.objects.using(using).bulk_create(
+            [HyperfineMatch(state_id=state, ab_id=row.ab_id, candidates=n,
+                            **dict(zip(HFS_CONSTANTS, row.constants)))
+             for state, _, row, n in winners], batch_size=1000)
+        cleared, changed = _apply_hfs_matches(cursor, using)
+    bad.sort()
+    reject([(ident, reason, text) for _, ident, reason, text in bad])
+    tally.imported, tally.rejected = len(winners), len(bad)
+    ambiguous = sum(1 for *_, n in winners if n > 1)
+    details = [("matched", f"{len(winners):,} rows ({ambiguous:,} ambiguous: the nearest of "
+                           f"several levels within ±{ab.tolerance:g} cm-1)")]
+    reasons = ((len(unmatched), f"no level within ±{ab.tolerance:g} cm-1"),
+               (len(taken), "level taken by a nearer row"),
+               (len(bad) - len(unmatched) - len(taken), "invalid"))
+    if bad:
+        details.append(("not matched", ", ".join(f"{n:,} {reason}" for n, reason in reasons if n)))
+    details.append(("constants", f"{changed:,} levels set or changed, {cleared:,} cleared"
+                    if changed or cleared else "unchanged: the levels already had these constants"))
+    return details
+
+
+def _temporary(using) -> str:
+    return "TEMPORARY " if connections[using].vendor == "mysql" else ""
+
+
+def _create_hfs_stage(cursor, using):
+    cursor.execute(f"DROP {_temporary(using)}TABLE IF EXISTS {HFS_STAGE_TABLE}")
+    cursor.execute(f"CREATE TEMPORARY TABLE {HFS_STAGE_TABLE} (ab_row INTEGER, "
+                   "species_id INTEGER, j_scaled INTEGER, energy_scaled BIGINT)")
+
+
+def _hfs_candidates(cursor, using, rows, tolerance: int) -> dict:
+    """Position of each row -> [(energy distance, state id)] of the levels of its species and J
+    within ``tolerance`` (x 10^4): one join of the staged rows with states."""
+    if not rows:
+        return {}
+    for start in range(0, len(rows), 500):
+        chunk = rows[start:start + 500]
+        cursor.execute(f"INSERT INTO {HFS_STAGE_TABLE} (ab_row, species_id, j_scaled, energy_scaled) "
+                       "VALUES " + ", ".join(["(%s, %s, %s, %s)"] * len(chunk)),
+                       [v for r in chunk for v in (r.position, r.species, r.j_scaled, r.energy_scaled)])
+    if connections[using].vendor == "postgresql":
+        cursor.execute(f"ANALYZE {HFS_STAGE_TABLE}")  # so that it probes the states index
+    q = connections[using].ops.quote_name
+    cursor.execute(
+        f"SELECT t.ab_row, ABS(s.energy_scaled - t.energy_scaled), s.id FROM {HFS_STAGE_TABLE} t "
+        f"JOIN states s ON s.species_id = t.species_id AND s.{q('J_scaled')} = t.j_scaled "
+        "AND s.energy_scaled BETWEEN t.energy_scaled - %s AND t.energy_scaled + %s",
+        [tolerance, tolerance])
+    candidates = {}
+    for position, distance, state in cursor.fetchall():
+        candidates.setdefault(position, []).append((distance, state))
+    cursor.execute(f"DELETE FROM {HFS_STAGE_TABLE}")
+    return candidates
+
+
+def _unmatched_reasons(cursor, rows, tolerance: float) -> list:
+    """Reject entries of rows no level matched: a species without levels, or no level near."""
+    species = sorted({r.species for r in rows})
+    with_levels = set()
+    for start in range(0, len(species), 500):
+        chunk = species[start:start + 500]
+        cursor.execute("SELECT DISTINCT species_id FROM states WHERE species_id IN ("
+                       + ", ".join(["%s"] * len(chunk)) + ")", chunk)
+        with_levels.update(sp for sp, in cursor.fetchall())
+    return [(r.position, r.ab_id,
+             f"no level of species {r.species} with J = {r.j_scaled / 10:g} within "
+             f"±{tolerance:g} cm-1 of {r.energy_scaled / 10_000:.4f} cm-1"
+             if r.species in with_levels else f"species {r.species} has no levels in the database",
+             r.text) for r in rows]
+
+
+def _nearest_row_per_level(found) -> tuple[list, list]:
+    """Of rows matching the same level, the nearest in energy (then the lowest ID) keeps it;
+    the others are rejected."""
+    winners, taken = {}, []
+    for state, distance, row, n in sorted(found, key=lambda f: (f[1], f[2].ab_id, f[2].position)):
+        if state in winners:
+            taken.append((row.position, row.ab_id, f"level {state} is matched by AB row "
+                          f"{winners[state][2].ab_id}, nearer in energy or first", row.text))
+        else:
+            winners[state] = (state, distance, row, n)
+    return sorted(winners.values(), key=lambda w: w[2].position), taken
+
+
+def _ab_text(row: tuple) -> str:
+    """A row of table AB as text for the reject file: its values separated by tabs."""
+    return "\t".join("" if v is None else str(v) for v in row)
+
+
+def _apply_hfs_matches(cursor, using) -> tuple[int, int]:
+    """Copy the constants of hfs_matches to the levels: (levels cleared, levels set or changed).
+    Only rows whose constants change are written."""
+    q = connections[using].ops.quote_name
+    has_any = " OR ".join(f"{q(c)} IS NOT NULL" for c in HFS_CONSTANTS)
+    cursor.execute(f"UPDATE states SET {', '.join(f'{q(c)} = NULL' for c in HFS_CONSTANTS)} "
+                   f"WHERE ({has_any}) AND id NOT IN (SELECT state_id FROM hfs_matches)")
+    cleared = cursor.rowcount
+    differ = " OR ".join(sql_differ(f"states.{q(c)}", f"m.{q(c)}") for c in HFS_CONSTANTS)
+    if connections[using].vendor == "mysql":
+        cursor.execute(f"UPDATE states JOIN hfs_matches m ON m.state_id = states.id SET "
+                       + ", ".join(f"states.{q(c)} = m.{q(c)}" for c in HFS_CONSTANTS)
+                       + f" WHERE {differ}")
+    else:
+        cursor.execute("UPDATE states SET " + ", ".join(f"{q(c)} = m.{q(c)}" for c in HFS_CONSTANTS)
+                       + f" FROM hfs_matches m WHERE m.state_id = states.id AND ({differ})")
+    return cleared, cursor.rowcount
+
+
+def sql_differ(a: str, b: str) -> str:
+    """SQL: ``a`` and ``b`` differ, a NULL differing from any value but not from NULL."""
+    return f"({a} <> {b} OR ({a} IS NULL) <> ({b} IS NULL))"
+
+
 # ------------------------------------------------------------ operations ----
 
 def describe_database(using: str = DEFAULT_DB_ALIAS) -> str:
@@ -2643,8 +4537,8 @@ def describe_database(using: str = DEFAULT_DB_ALIAS) -> str:
     return f"{vendor} {user}{host}{port}/{settings['NAME']}"
 
 
-def prepare_database(using: str = DEFAULT_DB_ALIAS):
-    """Check that the database answers and create or migrate the schema when needed."""
+def connect_database(using: str = DEFAULT_DB_ALIAS):
+    """The connection of ``using``, checked to answer (else one clear line)."""
     from django.core.exceptions import ImproperlyConfigured
     try:
         connection = connections[using]
@@ -2655,11 +4549,57 @@ def prepare_database(using: str = DEFAULT_DB_ALIAS):
     except Exception as error:
         raise UsageError(f"cannot connect to {describe_database(using)}: {_first_line(error)}; "
                          "is the server running, and are --database-url / DATABASE_URL right?") from None
+    return connection
+
+
+def prepare_database(using: str = DEFAULT_DB_ALIAS, retries: int = 5):
+    """Check that the database answers and create or migrate the schema when needed (the
+    import commands do, holding the database's lock)."""
+    plan = _migration_plan(connect_database(using))
+    if plan:
+        from django.core.management import call_command
+        with_retries(using, retries, lambda: call_command(
+            "migrate", database=using, interactive=False, verbosity=0))
+
+
+def require_schema(using: str = DEFAULT_DB_ALIAS):
+    """The operations never create a database or its tables: they refuse one without them
+    (a mistyped SQLite path or database name, say)."""
+    settings = connections[using].settings_dict
+    name = str(settings["NAME"])
+    if (connections[using].vendor == "sqlite" and name not in ("", ":memory:")
+            and not name.startswith("file:") and not os.path.exists(name)):
+        raise UsageError(f"there is no SQLite database {name}: check --database-url / "
+                         "DATABASE_URL (the import commands create it)")
+    connection = connect_database(using)
+    if _migration_plan(connection):
+        from django.db.migrations.recorder import MigrationRecorder
+        if not MigrationRecorder(connection).applied_migrations():
+            raise UsageError(f"{describe_database(using)} holds no valdimport tables: check "
+                             "--database-url / DATABASE_URL (the import commands create them)")
+        raise UsageError(f"the tables of {describe_database(using)} are older than this "
+                         "valdimport: an import command (or manage.py migrate) updates them")
+
+
+def _migration_plan(connection) -> list:
     from django.db.migrations.executor import MigrationExecutor
     executor = MigrationExecutor(connection)
-    if executor.migration_plan(executor.loader.graph.leaf_nodes()):
-        from django.core.management import call_command
-        call_command("migrate", database=using, interactive=False, verbosity=0)
+    return executor.migration_plan(executor.loader.graph.leaf_nodes())
+
+
+@contextlib.contextmanager
+def writable(using: str):
+    """A database that refuses to be written (a read-only file, server or transaction) is
+    a matter of configuration: one clear line, exit 2, not a failure to resume."""
+    try:
+        yield
+    except Exception as error:
+        if not read_only(error):
+            raise
+        raise UsageError(f"cannot write to {describe_database(using)}: {_first_line(driver_error(error))}; "
+                         "make it writable (file permissions, the server's read-only mode, "
+                         "the user's privileges) or choose another with --database-url / "
+                         "DATABASE_URL") from error
 
 
 def _first_line(error) -> str:
@@ -2673,23 +4613,28 @@ def linelist_methods(using: str = DEFAULT_DB_ALIAS) -> dict:
     return dict(LineList.objects.using(using).exclude(method=None).values_list("id", "method"))
 
 
-def undecoded_levels(using: str, run_id: int) -> int:
-    """Levels stored by a run whose description gave no quantum number."""
+def undecoded_levels(using: str, run_id: int) -> list:
+    """[coupling, levels, an example description] per coupling, of the levels a run stored
+    whose description gave no quantum number (one GROUP BY over the run's levels)."""
+    from django.db.models import Count, Min
     from node_atom.models import State
-    return State.objects.using(using).filter(
+    rows = State.objects.using(using).filter(
         run_id=run_id, term_desc__isnull=False,
-        **{f"{column}__isnull": True for column in DECODED_QN_COLUMNS}).count()
+        **{f"{column}__isnull": True for column in DECODED_QN_COLUMNS}).values(
+        "coupling_case").annotate(n=Count("id"), example=Min("term_desc")).order_by()
+    return sorted(([r["coupling_case"], r["n"], r["example"]] for r in rows),
+                  key=lambda row: row[0] or "")
 
 
 def apply_linelist_methods(using: str = DEFAULT_DB_ALIAS) -> tuple[int, int]:
     """Set wave_method (from ll1) and energy_method (from the level's energy line list) of
     rows already stored: one UPDATE per table, touching only rows whose method changes."""
-    writer = Writer.for_alias(using)
+    dialect = Dialect.for_alias(using)
     counts = []
     with transaction.atomic(using=using), connections[using].cursor() as cursor:
         for table, target, source in (("transitions", "wave_method", "ll1"),
                                       ("states", "energy_method", "energy_linelist_id")):
-            cursor.execute(writer.update_from_linelists_sql(table, target, source))
+            cursor.execute(dialect.update_from_linelists_sql(table, target, source))
             counts.append(cursor.rowcount)
     return tuple(counts)
 
@@ -2708,14 +4653,17 @@ def update_ground_states(using: str = DEFAULT_DB_ALIAS) -> int:
 
 
 def housekeeping(using: str = DEFAULT_DB_ALIAS, *, skip_calc: bool = False,
-                 batch_size: int = 10_000) -> list:
-    """After an import: ground states, Einstein A still missing, planner statistics.
+                 batch_size: int = 10_000, rebuild_xml: bool = False) -> list:
+    """After an import: ground states, Einstein A still missing, planner statistics; with
+    ``rebuild_xml``, the XSAMS sources of the references first.
 
     Returns the phases (name, rows, seconds).
     """
-    return [timed_phase("ground states", lambda: update_ground_states(using)),
-            timed_phase("derived values", lambda: 0 if skip_calc else fill_einstein_a(using, batch_size)),
-            timed_phase("statistics", lambda: analyze_tables(using))]
+    sources = [timed_phase("XSAMS sources", lambda: rebuild_source_xml(using))] if rebuild_xml else []
+    return sources + [
+        timed_phase("ground states", lambda: update_ground_states(using)),
+        timed_phase("derived values", lambda: 0 if skip_calc else fill_einstein_a(using, batch_size)),
+        timed_phase("statistics", lambda: analyze_tables(using))]
 
 
 def fill_einstein_a(using: str = DEFAULT_DB_ALIAS, batch_size: int = 10_000) -> int:
@@ -2751,7 +4699,7 @@ def analyze_tables(using: str = DEFAULT_DB_ALIAS) -> int:
     """Refresh the query planner's statistics of the VALD tables; returns the tables analysed."""
     tables = ("species", "states", "transitions")
     with connections[using].cursor() as cursor:
-        for statement in Writer.for_alias(using).analyze_sql(tables):
+        for statement in Dialect.for_alias(using).analyze_sql(tables):
             cursor.execute(statement)
             if cursor.description:
                 cursor.fetchall()
@@ -2809,6 +4757,7 @@ def verify(using: str = DEFAULT_DB_ALIAS, *, dump: str | None = None, skip_heade
            workers: int | None = None, progress: bool | None = None) -> Report:
     """Check the database: links, uniqueness, derived values, indexes, and the dump's counts."""
     checks = database_checks(using)
+    checks.append(reference_check(using))
     checks.append(index_check(using))
     if dump is not None:
         checks.append(dump_check(using, dump, skip_header, workers, progress))
@@ -2824,51 +4773,160 @@ def verify(using: str = DEFAULT_DB_ALIAS, *, dump: str | None = None, skip_heade
 
 
 def database_checks(using: str) -> list[Check]:
-    """The checks that need only the database, each one SQL count."""
-    writer = Writer.for_alias(using)
-    q, real = writer.q, writer.float_type
+    """The checks that need only the database: each one SQL count, and when it is not zero
+    one LIMIT query that names the first failing rows."""
+    dialect = Dialect.for_alias(using)
+    q, real = dialect.q, dialect.float_type
     j, j_scaled = q("J"), q("J_scaled")
 
     def num(column):
         return f"CAST({column} AS {real})"
     ritz_off = (f"ABS({num('t.waveritz')} - 100000000.0 / ABS({num('u.energy')} - {num('l.energy')})) "
                 f"> {num('t.waveritz')} * {num('t.waveritz')} * 1e-12 + 1e-5")
+    # how every XSAMS source of this node starts: <Source sourceID="B<node id>-
+    source_prefix = ET.tostring(ET.Element("Source", sourceID=f"B{node_id()}-")).decode()[:-len('" />')]
+    transition = (("t.id", "t.species_id", "t.wave"), _name_transition)
+    level = (("s.id", "s.species_id", "s.energy", f"s.{j}"), _name_level)
+
+    def failing(tables, where, columns, named):
+        """(the count, the SQL naming the first failing rows, how it names a row)."""
+        return (f"SELECT COUNT(*) FROM {tables} WHERE {where}",
+                f"SELECT {', '.join(columns)} FROM {tables} WHERE {where} "
+                f"ORDER BY {columns[0]} LIMIT {EXAMPLES}", named)
+    hfs_differ = " OR ".join(sql_differ(f"s.{q(c)}", f"m.{q(c)}") for c in HFS_CONSTANTS)
+    hfs_levels = failing("states s LEFT JOIN hfs_matches m ON m.state_id = s.id", hfs_differ, *level)
     queries = [
         ("transitions whose upper level is missing", "rollback the run that stored them, or reimport",
-         "SELECT COUNT(*) FROM transitions t WHERE NOT EXISTS "
-         "(SELECT 1 FROM states s WHERE s.id = t.upstate)", ()),
+         failing("transitions t", "NOT EXISTS (SELECT 1 FROM states s WHERE s.id = t.upstate)",
+                 *transition), ()),
         ("transitions whose lower level is missing", "rollback the run that stored them, or reimport",
-         "SELECT COUNT(*) FROM transitions t WHERE NOT EXISTS "
-         "(SELECT 1 FROM states s WHERE s.id = t.lostate)", ()),
+         failing("transitions t", "NOT EXISTS (SELECT 1 FROM states s WHERE s.id = t.lostate)",
+                 *transition), ()),
         ("transitions whose species is missing", "import-species",
-         "SELECT COUNT(*) FROM transitions t WHERE NOT EXISTS "
-         "(SELECT 1 FROM species sp WHERE sp.id = t.species_id)", ()),
+         failing("transitions t", "NOT EXISTS (SELECT 1 FROM species sp WHERE sp.id = t.species_id)",
+                 *transition), ()),
         ("levels whose species is missing", "import-species",
-         "SELECT COUNT(*) FROM states s WHERE NOT EXISTS "
-         "(SELECT 1 FROM species sp WHERE sp.id = s.species_id)", ()),
+         failing("states s", "NOT EXISTS (SELECT 1 FROM species sp WHERE sp.id = s.species_id)",
+                 *level), ()),
         ("levels stored twice (species, energy, J)", "check-indexes --fix after removing the copies",
          None, ()),
         ("levels whose key disagrees with energy or J", "reimport these levels",
-         f"SELECT COUNT(*) FROM states WHERE energy_scaled <> ROUND(energy * 10000) OR "
-         f"{j_scaled} <> CASE WHEN {j} IS NULL THEN -1 ELSE ROUND({j} * 10) END", ()),
+         failing("states s", f"s.energy_scaled <> ROUND(s.energy * 10000) OR "
+                 f"s.{j_scaled} <> CASE WHEN s.{j} IS NULL THEN -1 ELSE ROUND(s.{j} * 10) END", *level), ()),
         ("levels used by no transition", "import-transitions, or rollback the run that stored them",
-         f"SELECT COUNT(*) FROM states s WHERE {writer.unused_level('s')}", ()),
+         failing("states s", dialect.unused_level("s"), *level), ()),
         ("Einstein A missing where computable", "housekeeping",
-         "SELECT COUNT(*) FROM transitions t JOIN states u ON u.id = t.upstate WHERE "
-         + missing_einstein_a(q), ()),
+         failing("transitions t JOIN states u ON u.id = t.upstate", missing_einstein_a(q), *transition), ()),
         ("species whose ground state is not their lowest level", "housekeeping",
-         "SELECT COUNT(*) FROM species sp WHERE EXISTS "
-         "(SELECT 1 FROM states s WHERE s.species_id = sp.id) AND NOT EXISTS "
-         "(SELECT 1 FROM states g WHERE g.id = sp.ground_state_id AND g.species_id = sp.id "
-         "AND g.energy_scaled = (SELECT MIN(m.energy_scaled) FROM states m WHERE m.species_id = sp.id))",
-         ()),
+         failing("species sp", "EXISTS (SELECT 1 FROM states s WHERE s.species_id = sp.id) AND NOT EXISTS "
+                 "(SELECT 1 FROM states g WHERE g.id = sp.ground_state_id AND g.species_id = sp.id "
+                 "AND g.energy_scaled = (SELECT MIN(m.energy_scaled) FROM states m "
+                 "WHERE m.species_id = sp.id))", ("sp.id",), lambda row: f"species {row[0]}"), ()),
         ("Ritz wavelengths that disagree with level energies", "",
-         "SELECT COUNT(*) FROM transitions t JOIN states u ON u.id = t.upstate "
-         "JOIN states l ON l.id = t.lostate WHERE t.autoionized = %s AND t.waveritz IS NOT NULL "
-         f"AND u.energy_scaled <> l.energy_scaled AND {ritz_off}", (False,)),
+         failing("transitions t JOIN states u ON u.id = t.upstate JOIN states l ON l.id = t.lostate",
+                 "t.autoionized = %s AND t.waveritz IS NOT NULL "
+                 f"AND u.energy_scaled <> l.energy_scaled AND {ritz_off}",
+                 ("t.id", "t.species_id", "t.waveritz", "l.energy", "u.energy"), _name_ritz), (False,)),
+        ("references without the XSAMS source of this node", "housekeeping --rebuild-xml",
+         failing("refs r", "r.xml IS NULL OR SUBSTR(r.xml, 1, %s) <> %s", ("r.id",),
+                 lambda row: f"reference {row[0]}"), (len(source_prefix), source_prefix)),
+        ("levels whose hyperfine constants differ from the last import-hfs",
+         "import-hfs --file AB.db: it sets the constants of every level",
+         (f"SELECT ({hfs_levels[0]}) + (SELECT COUNT(*) FROM hfs_matches m WHERE NOT EXISTS "
+          "(SELECT 1 FROM states s WHERE s.id = m.state_id))", *hfs_levels[1:]), ()),
     ]
-    return [Check(name, duplicate_levels(using) if sql is None else _scalar(using, sql, params), fix)
-            for name, fix, sql, params in queries]
+    checks = []
+    for name, fix, sql, params in queries:
+        if sql is None:
+            count = duplicate_levels(using)
+            names = duplicate_level_examples(using) if count else []
+        else:
+            count_sql, examples_sql, named = sql
+            count = _scalar(using, count_sql, params)
+            names = [named(row) for row in _rows(using, examples_sql, params)] if count else []
+        checks.append(Check(name, count, fix, _examples_text(names, count)))
+    return checks
+
+
+EXAMPLES = 5  # failing rows verify names per check
+REFERENCE_COLUMNS = {"transitions": ("wave_ref_id", "waveritz_ref_id", "loggf_ref_id", "gammarad_ref_id",
+                                     "gammastark_ref_id", "waals_ref_id"),
+                     "states": ("energy_ref_id", "lande_ref_id", "level_ref_id")}
+
+
+def reference_check(using: str) -> Check:
+    """Rows whose reference keys (a *_ref_id column, comma-joined keys) ``refs`` lacks."""
+    missing = missing_reference_keys(using)
+    detail = "; ".join(f"{column} {rows:,} row{'s' * (rows != 1)} ({', '.join(keys[:EXAMPLES])}"
+                       + (f" and {len(keys) - EXAMPLES} more keys)" if len(keys) > EXAMPLES else ")")
+                       for column, rows, keys in missing)
+    return Check("reference keys missing from refs (rows, per quantity)",
+                 sum(rows for _, rows, _ in missing),
+                 "import-references, with a BibTeX file that has these keys", detail)
+
+
+def missing_reference_keys(using: str) -> list:
+    """(column, rows, keys refs lacks) per *_ref_id column with such rows.
+
+    One GROUP BY per column: a few thousand distinct values, split into keys here,
+    however many rows there are; no join with refs, so the same SQL runs everywhere.
+    """
+    from node_common.models import Reference
+    known = set(Reference.objects.using(using).values_list("id", flat=True))
+    q = connections[using].ops.quote_name
+    out = []
+    for table, columns in REFERENCE_COLUMNS.items():
+        for column in columns:
+            rows, keys = 0, set()
+            for value, n in _rows(using, f"SELECT {q(column)}, COUNT(*) FROM {table} "
+                                         f"WHERE {q(column)} IS NOT NULL GROUP BY {q(column)}"):
+                lacking = [key for key in value.split(",") if key not in known]
+                if lacking:
+                    rows += n
+                    keys.update(lacking)
+            if rows:
+                out.append((column, rows, sorted(keys)))
+    return out
+
+
+def _examples_text(names: list, count: int) -> str:
+    """``level 7 (species 2601, ...); ... and N more``: the failing rows a check names."""
+    more = count - len(names)
+    return "; ".join(names) + (f" and {more:,} more" if names and more > 0 else "")
+
+
+def _fixed(value, places: int) -> str:
+    """A decimal column as text with its places, whatever type the driver returns."""
+    return "unknown" if value is None else f"{float(value):.{places}f}"
+
+
+def _name_transition(row) -> str:
+    return f"transition {row[0]} (species {row[1]}, wave {_fixed(row[2], 5)})"
+
+
+def _name_level(row) -> str:
+    return f"level {row[0]} (species {row[1]}, energy {_fixed(row[2], 4)}, J {_fixed(row[3], 1)})"
+
+
+def _name_ritz(row) -> str:
+    return (f"transition {row[0]} (species {row[1]}, waveritz {_fixed(row[2], 5)}, "
+            f"levels {_fixed(row[3], 4)} and {_fixed(row[4], 4)})")
+
+
+def _rows(using, sql, params=()) -> list:
+    with connections[using].cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall()
+
+
+def duplicate_level_examples(using: str) -> list:
+    """The first few (species, energy, J) stored more than once, named with their row counts."""
+    q = connections[using].ops.quote_name
+    rows = _rows(using, f"SELECT species_id, energy, {q('J')}, COUNT(*) FROM states "
+                        f"GROUP BY species_id, energy, {q('J')} HAVING COUNT(*) > 1 "
+                        f"ORDER BY species_id, energy LIMIT {EXAMPLES}")
+    return [f"species {sp}, energy {_fixed(energy, 4)}, J {_fixed(j, 1)}: {n} rows"
+            for sp, energy, j, n in rows]
 
 
 # Indexes ---------------------------------------------------------------------
@@ -2998,12 +5056,14 @@ def _runs_of_input(using, inp) -> list:
 def dump_species_counts(inp: Input, skip_header: int, skip_calc: bool, options: ImportOptions) -> Counter:
     """Records the importer would store, per species."""
     counts = Counter()
-    config = ParseConfig(skip_header, skip_calc, rows=None)
+    config = ParseConfig(skip_header, skip_calc, transitions=False)
     progress = _progress_bar(inp, options)
     try:
-        for _, parsed in parsed_batches(read_batches(inp.lines(), options.batch_size), config, options):
-            counts.update(key_parts(lower)[0] for _, lower, _, _ in parsed.transitions)
-            _advance(progress, inp, parsed.records)
+        with parsing(read_batches(inp.blocks(), options.batch_size), config, options) as pairs:
+            for _, parsed in pairs:
+                species, count = np.unique(parsed.species, return_counts=True) if parsed.records else ((), ())
+                counts.update(dict(zip(np.asarray(species).tolist(), np.asarray(count).tolist())))
+                _advance(progress, inp, parsed.records)
     finally:
         progress.close()
     return counts
@@ -3012,7 +5072,7 @@ def dump_species_counts(inp: Input, skip_header: int, skip_calc: bool, options: 
 def refused_species_counts(runs) -> Counter:
     """Per species, the lines these runs' reject files say the database refused."""
     counts, seen = Counter(), set()
-    field_def = DATA_FIELDS[F["species_id"]]
+    field_def = FIELD["species_id"]
     for run in runs:
         path = run.options.get("reject_file")
         if not path or not os.path.exists(path):
@@ -3074,7 +5134,7 @@ def rollback_run(using: str = DEFAULT_DB_ALIAS, run_id: int = 0, *, yes: bool = 
     confirm(f"Delete the transitions and unused levels of run {run.id} ({run.command} "
             f"{run.input_name}, {run.imported:,} records)? [y/N] ", yes,
             "rollback asks for confirmation on a terminal, and there is none: add --yes")
-    writer = Writer.for_alias(using)
+    dialect = Dialect.for_alias(using)
     with transaction.atomic(using=using), connections[using].cursor() as cursor:
         cursor.execute("DELETE FROM transitions WHERE run_id = %s", [run.id])
         transitions = cursor.rowcount
@@ -3085,7 +5145,7 @@ def rollback_run(using: str = DEFAULT_DB_ALIAS, run_id: int = 0, *, yes: bool = 
                     .values_list("id", flat=True))
         marks = ", ".join(["%s"] * len(gone))
         cursor.execute(f"DELETE FROM states WHERE run_id IN ({marks}) AND "
-                       f"{writer.unused_level('states')}", gone)
+                       f"{dialect.unused_level('states')}", gone)
         levels = cursor.rowcount
         species = _delete_placeholder_species(using, cursor, (run.counts or {}).get("species_created", []))
         update_ground_states(using)
@@ -3155,6 +5215,10 @@ SUPPORTED_ENGINES = {"django.db.backends.sqlite3", "django.db.backends.postgresq
 def database_settings(url: str) -> dict:
     """Django DATABASES entry for a sqlite://, postgres:// or mysql:// URL."""
     import dj_database_url
+    scheme, _, rest = url.partition(":")
+    if scheme == "sqlite" and not (rest.startswith("///") and rest[3:].partition("?")[0]):
+        raise UsageError(f"bad SQLite URL {url!r}: use sqlite:///RELATIVE/PATH or "
+                         "sqlite:////ABSOLUTE/PATH (three slashes, then the path)")
     try:
         config = dj_database_url.parse(url)
     except Exception:
@@ -3199,6 +5263,13 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a number, 0 or more, not {text}")
+    return value
+
+
 def non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -3221,16 +5292,23 @@ def run_command(command: str, source: str = "-", *, using: str = DEFAULT_DB_ALIA
     return summary
 
 
-def add_import_arguments(parser, companion: bool = False):
+def add_import_arguments(parser, companion: bool = False, command: str | None = None):
     """The options of the import commands, in the CLI and in Django."""
     parser.add_argument("--file", "-f", default="-", metavar="PATH",
                         help="the input: plain, gzip, bzip2 or xz (default: standard input)")
     parser.add_argument("--reject-file", metavar="PATH",
-                        help="where rejected lines go (default: INPUT.rejects, or "
-                             "stdin.rejects in the working directory)")
+                        help="where rejected lines go (default: INPUT.runN.rejects in the working "
+                             "directory, or beside the SQLite database when it is not writable)")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    parser.add_argument("--wait", action="store_true",
+                        help="when another valdimport command is writing to the database, wait "
+                             "for it to finish instead of stopping")
     parser.add_argument("--summary-json", metavar="PATH",
                         help="also write the summary, with its phases, as JSON to PATH")
+    if command == "import-hfs":
+        parser.add_argument("--energy-tolerance", type=non_negative_float, default=1.0, metavar="CM",
+                            help="largest energy difference (cm-1) between a row and its level "
+                                 "(default: 1.0)")
     if companion:
         return
     parser.add_argument("--batch-size", type=positive_int, default=10_000, metavar="N",
@@ -3239,10 +5317,11 @@ def add_import_arguments(parser, companion: bool = False):
                         help="header lines at the top of the dump (default: 2)")
     parser.add_argument("--skip-calc", action="store_true",
                         help="do not compute Einstein A (leave it empty)")
-    parser.add_argument("--cache-size", type=positive_int, default=500_000, metavar="N",
-                        help="levels kept in memory (default: 500000)")
     parser.add_argument("--restart", action="store_true",
                         help="import the whole input as a new run, ignoring earlier runs on it")
+    parser.add_argument("--append", action="store_true",
+                        help="add this input's transitions to tables that hold another input's "
+                             "(a dump in several pieces)")
     parser.add_argument("--max-errors", type=positive_int, metavar="N",
                         help="stop (after committing what is good) once N lines were rejected")
     parser.add_argument("--retries", type=non_negative_int, default=5, metavar="N",
@@ -3272,7 +5351,8 @@ OPERATIONS = {
     "check-indexes": "list the declared indexes and constraints missing from the database; --fix creates them",
     "runs": "list the import runs",
     "rollback": "remove the transitions of a run and the levels no other transition uses",
-    "housekeeping": "ground states, missing Einstein A and planner statistics, after imports",
+    "housekeeping": "ground states, missing Einstein A and planner statistics, after imports; "
+                    "--rebuild-xml: the references' XSAMS sources",
 }
 
 
@@ -3300,12 +5380,22 @@ def add_operation_arguments(parser, command: str):
         parser.add_argument("--skip-calc", action="store_true", help="do not compute missing Einstein A")
         parser.add_argument("--batch-size", type=positive_int, default=10_000, metavar="N",
                             help="rows per transaction when computing Einstein A (default: 10000)")
+        parser.add_argument("--rebuild-xml", action="store_true",
+                            help="regenerate the XSAMS source of every reference (after "
+                                 "VALD_NODE_ID changed)")
 
 
 def run_operation(command: str, using: str = DEFAULT_DB_ALIAS, options: dict | None = None) -> Report:
     """Run an operation by its CLI name with its options (as parsed); returns its report."""
     options = options or {}
-    prepare_database(using)
+    require_schema(using)
+    if command in ("rollback", "housekeeping") or command == "check-indexes" and options.get("fix"):
+        with database_lock(using), writable(using):
+            return _run_operation(command, using, options)
+    return _run_operation(command, using, options)
+
+
+def _run_operation(command: str, using: str, options: dict) -> Report:
     if command == "verify":
         return verify(using, dump=options.get("file"), skip_header=options.get("skip_header", 2),
                       workers=options.get("workers"), progress=False if options.get("quiet") else None)
@@ -3318,7 +5408,8 @@ def run_operation(command: str, using: str = DEFAULT_DB_ALIAS, options: dict | N
     if command == "housekeeping":
         started = time.monotonic()
         phases = housekeeping(using, skip_calc=options.get("skip_calc", False),
-                              batch_size=options.get("batch_size", 10_000))
+                              batch_size=options.get("batch_size", 10_000),
+                              rebuild_xml=options.get("rebuild_xml", False))
         return Report(f"housekeeping: {describe_database(using)}", PHASE_COLUMNS,
                       phase_rows(phases), f"done in {time.monotonic() - started:.2f} s",
                       data=[dict(phase=n, rows=r, seconds=round(t, 3)) for n, r, t in phases])
@@ -3339,7 +5430,7 @@ class ImportCommand(BaseCommand):
         return {**COMMANDS, **COMPANIONS}[self.command]
 
     def add_arguments(self, parser):
-        add_import_arguments(parser, companion=self.command in COMPANIONS)
+        add_import_arguments(parser, companion=self.command in COMPANIONS, command=self.command)
         parser.add_argument("--database", default=DEFAULT_DB_ALIAS,
                             help="the database alias to import into (default: default)")
 
@@ -3350,7 +5441,9 @@ class ImportCommand(BaseCommand):
                                   options=ImportOptions.from_mapping(options))
         except ValdImportError as error:
             raise CommandError(str(error), returncode=error.exit_code) from error
-        self.stdout.write(summary.table())
+        except KeyboardInterrupt:
+            raise CommandError(INTERRUPTED, returncode=EXIT_INTERRUPTED) from None
+        print_output(summary.table(), self.stdout.write)
         if summary.exit_code == EXIT_FAILED:
             raise CommandError(summary.verified.verdict, returncode=EXIT_FAILED)
         if summary.tally.rejected:
@@ -3377,7 +5470,9 @@ class OperationCommand(BaseCommand):
             report = run_operation(self.command, options["database"], options)
         except ValdImportError as error:
             raise CommandError(str(error), returncode=error.exit_code) from error
-        self.stdout.write(report_text(report, options["json"]))
+        except KeyboardInterrupt:
+            raise CommandError(INTERRUPTED, returncode=EXIT_INTERRUPTED) from None
+        print_output(report_text(report, options["json"]), self.stdout.write)
         if not report.ok:
             raise CommandError(report.verdict, returncode=EXIT_FAILED)
 
@@ -3394,7 +5489,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help_text in {**COMMANDS, **COMPANIONS}.items():
         add_import_arguments(commands.add_parser(name, help=help_text, description=help_text),
-                             companion=name in COMPANIONS)
+                             companion=name in COMPANIONS, command=name)
     for name, help_text in OPERATIONS.items():
         add_operation_arguments(commands.add_parser(name, help=help_text, description=help_text), name)
     return parser
@@ -3411,18 +5506,28 @@ def main(argv=None) -> int:
         configure_django(args.database_url)
         if args.command in OPERATIONS:
             report = run_operation(args.command, DEFAULT_DB_ALIAS, vars(args))
-            print(report_text(report, args.json))
+            print_output(report_text(report, args.json))
             return EXIT_OK if report.ok else EXIT_FAILED
         summary = run_command(args.command, args.file, options=ImportOptions.from_mapping(vars(args)))
     except ValdImportError as error:
         return _fail(args, error, error.exit_code)
     except KeyboardInterrupt:
-        print("valdimport: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
+        print(f"valdimport: {INTERRUPTED}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except Exception as error:
         return _fail(args, error, EXIT_FAILED, hint=" (run with -v for the traceback)")
-    print(summary.table())
+    print_output(summary.table())
     return summary.exit_code
+
+
+def print_output(text: str, write=print):
+    """Print a result; when the reader of standard output has gone (``| head -2``), stop
+    writing without a word (Python would otherwise report the broken pipe again at exit)."""
+    try:
+        write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _fail(args, error, code, hint=""):

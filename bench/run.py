@@ -1,17 +1,24 @@
 #!/usr/bin/env python3
-"""The import benchmark: every command on every engine, records/s and peak memory.
+"""The import benchmark: records/s and peak memory of each command on each engine.
 
-    python bench/run.py                      # 1 000 000 records, all engines
-    python bench/run.py --records 200000 --engines sqlite
+    python bench/run.py                          # every dump, engine and command
+    python bench/run.py --dumps base --engines postgresql --runs import
 
-It generates the dump once (tools/generate_dump.py, 300 species x 1000 levels),
-times each command in a fresh database with the memory of all its processes
-sampled twice a second, times the bare parse for comparison, and writes
-bench/RESULTS.md (the table the README shows).
+Dumps (tools/generate_dump.py, in wavelength order as VALD writes them):
+  base    1 000 000 records, 300 species x 1 000 levels
+  levels  1 000 000 records, 900 species x 5 000 levels (over a million distinct levels)
+  large   5 000 000 records, 300 species x 1 000 levels
+  random  the base dump's records in the generator's order (species at random)
+
+Each command runs in a fresh database, the memory of all its processes sampled twice a
+second. pgloader loads the base dump's data lines raw into one plain table (LOAD FIXED)
+for comparison. Writes bench/RESULTS.md.
 """
 import argparse
 import os
 import platform
+import re
+import shutil
 import subprocess
 import sys
 import time
@@ -27,29 +34,55 @@ ENGINES = {
     "postgresql": lambda: os.environ.get("BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/valdimport_bench"),
     "mysql": lambda: os.environ.get("BENCH_MYSQL_URL", "mysql://root@127.0.0.1:3306/valdimport_bench"),
 }
+DUMPS = {  # name -> (records, species, levels, order)
+    "base": (1_000_000, 300, 1000, "wavelength"),
+    "levels": (1_000_000, 900, 5000, "wavelength"),
+    "large": (5_000_000, 300, 1000, "wavelength"),
+    "random": (1_000_000, 300, 1000, "generated"),
+}
 RUNS = {  # name -> the commands run one after the other into a fresh database
     "import": [["import"]],
-    "import --fast": [["import", "--fast", "--clear", "--yes"]],
     "import-states + import-transitions": [["import-states"], ["import-transitions"]],
-    "two passes --fast": [["import-states", "--fast", "--clear", "--yes"],
-                          ["import-transitions", "--fast", "--clear", "--yes"]],
+    "import --fast": [["import", "--fast", "--clear", "--yes"]],
+}
+PLAN = [  # (dump, run): the issue's targets first, then what is reported beside them
+    ("base", "import"), ("levels", "import"), ("large", "import"),
+    ("base", "import-states + import-transitions"), ("random", "import"), ("base", "import --fast"),
+]
+TARGETS = {  # (dump, run) -> engine -> records/s (or "within 15 %" of base import)
+    ("base", "import"): {"sqlite": 70_000, "postgresql": 70_000, "mysql": 40_000},
+    ("levels", "import"): {"sqlite": "15%", "postgresql": "15%"},
+    ("large", "import"): {"sqlite": "15%", "postgresql": "15%"},
+    ("base", "import-states + import-transitions"): {"sqlite": 40_000, "postgresql": 40_000, "mysql": 25_000},
 }
 
 
+def dump_path(name) -> Path:
+    records, species, levels, order = DUMPS[name]
+    path = OUT / f"dump-{records}-{species}x{levels}-{order}.dat"
+    if not path.exists():
+        subprocess.run([PYTHON, "tools/generate_dump.py", "--records", str(records), "--species",
+                        str(species), "--levels", str(levels), "--seed", "1", "--order", order,
+                        "-o", str(path)], cwd=ROOT, check=True)
+    return path
+
+
 def fresh_database(engine, url):
-    """Drop and create the benchmark database."""
+    """Drop and create the benchmark database, and its schema (outside the timing)."""
     if engine == "sqlite":
         for suffix in ("", "-wal", "-shm"):
             Path(str(OUT / "bench.sqlite3") + suffix).unlink(missing_ok=True)
-        return
-    name = url.rsplit("/", 1)[1]
-    if engine == "postgresql":
-        for sql in (f"DROP DATABASE IF EXISTS {name}", f"CREATE DATABASE {name}"):
-            subprocess.run(["psql", "-q", "-h", "127.0.0.1", "-U", "postgres", "-c", sql], check=True)
     else:
-        subprocess.run(["mysql", "-h", "127.0.0.1", "-uroot", "-e",
-                        f"DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name} CHARACTER SET utf8mb4"],
-                       check=True)
+        name = url.rsplit("/", 1)[1]
+        if engine == "postgresql":
+            for sql in (f"DROP DATABASE IF EXISTS {name}", f"CREATE DATABASE {name}"):
+                subprocess.run(["psql", "-q", "-h", "127.0.0.1", "-U", "postgres", "-c", sql], check=True)
+        else:
+            subprocess.run(["mysql", "-h", "127.0.0.1", "-uroot", "-e",
+                            f"DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name} CHARACTER SET utf8mb4"],
+                           check=True)
+    subprocess.run([PYTHON, "manage.py", "migrate", "-v", "0"], cwd=ROOT, check=True,
+                   env=dict(os.environ, DATABASE_URL=url))
 
 
 def measured(args):
@@ -57,10 +90,8 @@ def measured(args):
 
     The memory is the sum of the processes' PSS (proportional set size): pages the
     processes share, such as the interpreter and libraries of the spawned parser
-    workers, count once, as they take up memory once (summing RSS would count them
-    once per process). Reading it makes the kernel walk a process's page tables
-    (about 5 ms for 200 MB, and the process waits meanwhile), so it is read twice a
-    second: more often would slow down what is measured.
+    workers, count once. It is read twice a second: reading it makes the kernel walk
+    the page tables, and more often would slow down what is measured.
     """
     started = time.perf_counter()
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
@@ -83,88 +114,121 @@ def pss(pid) -> int:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith("Pss:"))
 
 
-def run_engine(engine, dump, records):
+def levels_in(summary: str) -> int:
+    match = re.search(r"levels\s+([\d,]+) new", summary)
+    return int(match[1].replace(",", "")) if match else 0
+
+
+def run(engine, dump, name):
+    """(records/s, peak bytes, distinct levels, seconds) of one run in a fresh database."""
     url = ENGINES[engine]()
-    rows = []
-    for name, commands in RUNS.items():
-        fresh_database(engine, url)
-        # the schema is created by a first tiny import, outside the timing
-        subprocess.run([PYTHON, "valdimport.py", "--database-url", url, "import-states",
-                        "--file", str(ROOT / "tests/data/sample.dat.gz"), "--dry-run"], cwd=ROOT,
-                       capture_output=True, check=True)
-        total, peak = 0.0, 0
-        for command in commands:
-            seconds, rss, out = measured([PYTHON, "valdimport.py", "--database-url", url, *command,
-                                          "--file", str(dump), "--quiet"])
-            total += seconds
-            peak = max(peak, rss)
-            print(f"  {engine:10s} {' '.join(command):45s} {seconds:7.1f} s  {rss / 2**20:5.0f} MB",
-                  flush=True)
-        rows.append((name, engine, records / total, peak))
-    return rows
+    fresh_database(engine, url)
+    records = DUMPS[dump][0]
+    total, peak, levels = 0.0, 0, 0
+    for command in RUNS[name]:
+        seconds, memory, out = measured([PYTHON, "valdimport.py", "--database-url", url, *command,
+                                          "--file", str(dump_path(dump)), "--quiet"])
+        total, peak, levels = total + seconds, max(peak, memory), levels + levels_in(out)
+        print(f"  {dump:7s} {engine:10s} {' '.join(command):40s} {seconds:7.1f} s  "
+              f"{memory / 2**20:5.0f} MB  {records / seconds:9,.0f} records/s", flush=True)
+    return records / total, peak, levels, total
 
 
-def parse_rate(dump, records):
-    """Records per second of the bare parse (one process, no database)."""
-    sys.path.insert(0, str(ROOT))
-    import valdimport as vi
-    lines = dump.read_bytes().splitlines(keepends=True)[: 2 * min(records, 200_000) + 2]
-    rates = {}
-    for label, rows in (("pass 2 (text rows)", vi.TEXT), ("pass 1 (levels only)", None)):
-        shipped = vi.KeySet()
-        started = time.perf_counter()
-        for i in range(0, len(lines), 20_000):
-            parsed = vi.parse_batch(lines[i:i + 20_000], i + 1, vi.ParseConfig(rows=rows), shipped)
-            shipped.update(parsed.levels)
-        rates[label] = (len(lines) // 2) / (time.perf_counter() - started)
-    return rates
+def pgloader_rate(dump) -> float | None:
+    """Rows/s of pgloader's LOAD FIXED of the dump's data lines into one plain table."""
+    if not shutil.which("pgloader"):
+        return None
+    data = OUT / f"{dump_path(dump).stem}.data-lines"
+    if not data.exists():
+        with open(dump_path(dump), "rb") as src, open(data, "wb") as dst:
+            for number, line in enumerate(src):
+                if number >= 2 and not 97 <= line[0] <= 122:
+                    dst.write(line)
+    url = ENGINES["postgresql"]()
+    name = url.rsplit("/", 1)[1]
+    for sql in (f"DROP DATABASE IF EXISTS {name}", f"CREATE DATABASE {name}"):
+        subprocess.run(["psql", "-q", "-h", "127.0.0.1", "-U", "postgres", "-c", sql], check=True)
+    fields = [("wave_ritz", 0, 15), ("wave_measured", 15, 15), ("species", 30, 6), ("loggf", 36, 8),
+              ("lower_energy", 44, 14), ("lower_j", 58, 6), ("upper_energy", 64, 14), ("upper_j", 78, 6),
+              ("lower_lande", 84, 7), ("upper_lande", 91, 7), ("mean_lande", 98, 7), ("gammarad", 105, 7),
+              ("gammastark", 112, 7), ("gammawaals", 119, 8), ("lower_coupling", 127, 2),
+              ("lower_term", 129, 86), ("upper_coupling", 215, 2), ("upper_term", 217, 86),
+              ("accur", 304, 7), ("flags", 311, 2), ("comment", 313, 16), ("linelists", 329, 36)]
+    command = OUT / "pgloader.load"
+    command.write_text(
+        f"LOAD FIXED FROM '{data}'\n ("
+        + ", ".join(f"{n} from {start} for {width}" for n, start, width in fields)
+        + f")\n INTO {url.replace('postgres://', 'postgresql://')} TARGET TABLE vald_lines\n WITH truncate\n"
+        + " BEFORE LOAD DO $$ DROP TABLE IF EXISTS vald_lines; $$,\n $$ CREATE TABLE vald_lines ("
+        + ", ".join(f"{n} text" for n, _, _ in fields) + "); $$;\n")
+    started = time.perf_counter()
+    subprocess.run(["pgloader", "--quiet", str(command)], check=True, capture_output=True)
+    return DUMPS[dump][0] / (time.perf_counter() - started)
 
 
 def machine():
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
                 if line.startswith("model name")), platform.processor())
     versions = []
-    for command in (["psql", "--version"], ["mysql", "--version"]):
+    for command in (["psql", "--version"], ["mysql", "--version"], ["pgloader", "--version"]):
         try:
-            versions.append(subprocess.run(command, capture_output=True, text=True).stdout.strip())
-        except OSError:
+            versions.append(subprocess.run(command, capture_output=True, text=True).stdout.strip().splitlines()[0])
+        except (OSError, IndexError):
             pass
     return (f"{os.cpu_count()} cores ({cpu}), {psutil.virtual_memory().total / 2**30:.0f} GiB, "
             f"Python {platform.python_version()}, SQLite {__import__('sqlite3').sqlite_version}; "
             + "; ".join(versions))
 
 
+def verdict(key, engine, rate, results):
+    target = TARGETS.get(key, {}).get(engine)
+    if target is None:
+        return "report"
+    if target == "15%":
+        base = results.get((("base", "import"), engine))
+        if base is None:
+            return "?"
+        return f"{rate / base[0] - 1:+.0%} {'ok' if rate >= 0.85 * base[0] else 'MISSED'}"
+    return f"target {target:,}: {'ok' if rate >= target else 'MISSED'}"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--records", type=int, default=1_000_000)
-    parser.add_argument("--engines", default="sqlite,postgresql,mysql")
+    parser.add_argument("--dumps", default=",".join(DUMPS), help="which of: " + ", ".join(DUMPS))
+    parser.add_argument("--engines", default=",".join(ENGINES))
     parser.add_argument("--runs", default=",".join(RUNS), help="which of: " + ", ".join(RUNS))
     parser.add_argument("--output", default=str(ROOT / "bench" / "RESULTS.md"))
     args = parser.parse_args()
-    for name in list(RUNS):
-        if name not in args.runs.split(","):
-            del RUNS[name]
     OUT.mkdir(parents=True, exist_ok=True)
-    dump = OUT / f"dump-{args.records}.dat"
-    if not dump.exists():
-        subprocess.run([PYTHON, "tools/generate_dump.py", "--records", str(args.records), "--species",
-                        "300", "--levels", "1000", "--seed", "1", "-o", str(dump)], cwd=ROOT, check=True)
-    results = []
-    for engine in args.engines.split(","):
-        results += run_engine(engine, dump, args.records)
-    parse = parse_rate(dump, args.records)
     engines = args.engines.split(",")
-    lines = [f"Benchmark: {args.records:,} generated records (300 species x 1000 levels), "
-             f"`python bench/run.py --records {args.records}`, {time.strftime('%Y-%m-%d')}.",
+    plan = [(d, r) for d, r in PLAN if d in args.dumps.split(",") and r in args.runs.split(",")]
+    results = {}
+    for dump, name in plan:
+        for engine in engines:
+            results[((dump, name), engine)] = run(engine, dump, name)
+    pgloader = pgloader_rate("base") if "postgresql" in engines and "base" in args.dumps else None
+    lines = [f"Benchmark of {time.strftime('%Y-%m-%d')}: `python bench/run.py "
+             f"--dumps {args.dumps} --engines {args.engines} --runs {args.runs}`.",
              f"Machine: {machine()}. Database servers on the same machine, default settings.", "",
-             "| command | " + " | ".join(engines) + " |", "|---|" + "---|" * len(engines)]
-    for name in RUNS:
-        cells = [next(f"{rate:,.0f} records/s, {peak / 2**20:,.0f} MB" for n, e, rate, peak in results
-                      if n == name and e == engine) for engine in engines]
-        lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
-    lines += ["", "Peak memory is the largest sum, sampled every 0.5 s, of the PSS of the importer's "
-              "processes (main, parser workers, multiprocessing helper). Bare parse on one core, no database: "
-              + ", ".join(f"{label} {rate:,.0f} records/s" for label, rate in parse.items()) + "."]
+             "| dump | command | engine | records/s | peak memory | limit (300 MB + 32 B/level) | verdict |",
+             "|---|---|---|---|---|---|---|"]
+    for (key, engine), (rate, peak, levels, seconds) in results.items():
+        dump, name = key
+        limit = 300 * 2**20 + 32 * levels
+        lines.append(f"| {dump} | `{name}` | {engine} | {rate:,.0f} | {peak / 2**20:,.0f} MB | "
+                     f"{limit / 2**20:,.0f} MB {'ok' if peak <= limit else 'OVER'} | "
+                     f"{verdict(key, engine, rate, results)} |")
+    if pgloader:
+        ours = results.get((("base", "import"), "postgresql"))
+        lines += ["", f"pgloader, LOAD FIXED of the base dump's 1,000,000 data lines into one plain "
+                      f"table (no levels, no keys, no indexes): {pgloader:,.0f} rows/s"
+                  + (f"; `import` into PostgreSQL: {ours[0]:,.0f} records/s "
+                     f"({'at least as fast' if ours[0] >= pgloader else 'SLOWER'})" if ours else "") + "."]
+    for dump in dict.fromkeys(d for d, _ in plan):
+        records, species, levels, order = DUMPS[dump]
+        lines.append(f"- {dump}: {records:,} records, {species} species x {levels} levels, {order} order "
+                     f"(`tools/generate_dump.py --records {records} --species {species} --levels {levels} "
+                     f"--seed 1 --order {order}`)")
     Path(args.output).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

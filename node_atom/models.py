@@ -67,6 +67,11 @@ class State(models.Model):
     kronig_parity = models.CharField(max_length=1, null=True)
     elec_inversion = models.CharField(max_length=1, null=True)
     asSym = models.CharField(max_length=1, null=True, db_column="asSym")
+    # hyperfine constants A and B and their uncertainties, as the AB file gives them (import-hfs)
+    hfs_A = models.FloatField(null=True, db_column="hfs_A")
+    hfs_dA = models.FloatField(null=True, db_column="hfs_dA")
+    hfs_B = models.FloatField(null=True, db_column="hfs_B")
+    hfs_dB = models.FloatField(null=True, db_column="hfs_dB")
     run = _no_constraint_fk(ImportRun, null=True)
 
     class Meta:
@@ -75,6 +80,26 @@ class State(models.Model):
             fields=["species", "energy_scaled", "J_scaled"], name="states_level_unique")]
         indexes = [models.Index(fields=["species", "energy_scaled"],
                                 name="states_species_energy_idx")]
+
+
+class HyperfineMatch(models.Model):
+    """Which row of the hyperfine (AB) file gave a level its constants, in the last import-hfs.
+
+    import-hfs replaces the whole table; ``verify`` compares the constants of
+    every level with it.
+    """
+
+    state = models.OneToOneField(State, primary_key=True, on_delete=models.DO_NOTHING,
+                                 db_constraint=False, related_name="+")
+    ab_id = models.BigIntegerField(help_text="ID of the row in table AB")
+    candidates = models.SmallIntegerField(help_text="levels within the tolerance (> 1: ambiguous)")
+    hfs_A = models.FloatField(null=True, db_column="hfs_A")
+    hfs_dA = models.FloatField(null=True, db_column="hfs_dA")
+    hfs_B = models.FloatField(null=True, db_column="hfs_B")
+    hfs_dB = models.FloatField(null=True, db_column="hfs_dB")
+
+    class Meta:
+        db_table = "hfs_matches"
 
 
 class Transition(models.Model):

@@ -50,6 +50,7 @@ class Reference(models.Model):
 
     id = CaseSensitiveCharField(max_length=REF_KEY_LENGTH, primary_key=True)
     bibtex = models.TextField(null=True)
+    xml = models.TextField(null=True, help_text="the XSAMS <Source> element the node serves")
 
     class Meta:
         db_table = "refs"

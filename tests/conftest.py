@@ -1,4 +1,5 @@
 """Fixtures shared by the test files: engines, sample data, running the CLI."""
+import contextlib
 import gzip
 import os
 import subprocess
@@ -30,6 +31,12 @@ def engine(request):
     return request.param
 
 
+@pytest.fixture(autouse=True)
+def own_working_directory(tmp_path, monkeypatch):
+    """Each test runs in its own folder, where default reject files go (never the checkout)."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture
 def sqlite_only():
     return "default"
@@ -46,6 +53,54 @@ def database_url(alias):
     return f"{scheme}://{credentials}@{s['HOST']}:{s['PORT']}/{s['NAME']}"
 
 
+@pytest.fixture
+def empty_database(engine, tmp_path):
+    """The URL of a database of ``engine``'s kind that holds nothing yet, not even tables."""
+    vendor = connections[engine].vendor
+    if vendor == "sqlite":
+        yield f"sqlite:///{tmp_path}/empty.sqlite3"
+        return
+    name = f"{connections[engine].settings_dict['NAME']}_empty"
+    with connections[engine].cursor() as cursor:
+        cursor.execute(f"DROP DATABASE IF EXISTS {name}")
+        cursor.execute(f"CREATE DATABASE {name}" + (" CHARACTER SET utf8mb4" if vendor == "mysql" else ""))
+    yield database_url(engine).rsplit("/", 1)[0] + "/" + name
+    with connections[engine].cursor() as cursor:
+        cursor.execute(f"DROP DATABASE {name}" + (" WITH (FORCE)" if vendor == "postgresql" else ""))
+
+
+def connect(url, **options):
+    """A DB-API connection of the test's own to the database at ``url``."""
+    import dj_database_url
+    config = dj_database_url.parse(url)
+    if config["ENGINE"].endswith("sqlite3"):
+        import sqlite3
+        return sqlite3.connect(config["NAME"], **options)
+    if config["ENGINE"].endswith("postgresql"):
+        import psycopg2
+        return psycopg2.connect(dbname=config["NAME"], host=config["HOST"], port=config["PORT"],
+                                user=config["USER"], password=config["PASSWORD"])
+    import MySQLdb
+    return MySQLdb.connect(db=config["NAME"], host=config["HOST"], port=int(config["PORT"]),
+                           user=config["USER"], password=config["PASSWORD"])
+
+
+def scalar(url, sql):
+    """One value from the database at ``url``."""
+    with contextlib.closing(connect(url)) as db:
+        cursor = db.cursor()
+        cursor.execute(sql)
+        return cursor.fetchone()[0]
+
+
+def unprivileged(command):
+    """``command`` run so that permission bits count: under root, without the capabilities
+    that override them, so that a read-only file or folder is one."""
+    if os.geteuid() == 0:
+        return ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", *map(str, command)]
+    return command
+
+
 def cli_env():
     env = dict(os.environ)
     env["DJANGO_SETTINGS_MODULE"] = "settings_dev"
@@ -59,7 +114,7 @@ def run_cli(*args, url=None, stdin=None, cwd=None):
     if url:
         command += ["--database-url", url]
     return subprocess.run(command + [str(a) for a in args], input=stdin, capture_output=True,
-                          cwd=cwd or ROOT, env=cli_env(), timeout=300)
+                          cwd=cwd, env=cli_env(), timeout=300)
 
 
 @pytest.fixture(scope="session")
@@ -110,11 +165,26 @@ def summary_rows(text):
     return rows
 
 
+AB_COLUMNS = ("ID", "SPEID", "E", "J", "TERM", "A", "dA", "B", "dB")
+
+
+def write_ab(path, rows, columns=AB_COLUMNS, table="AB"):
+    """A hyperfine file: an SQLite file with ``rows`` (tuples in ``columns`` order) in ``table``."""
+    import sqlite3
+    db = sqlite3.connect(path)
+    db.execute(f"CREATE TABLE {table} ({', '.join(columns)})")
+    db.executemany(f"INSERT INTO {table} VALUES ({', '.join('?' * len(columns))})", rows)
+    db.commit()
+    db.close()
+    return path
+
+
 def generate_dump(path, records=2000, seed=1, species=30, levels=100):
-    """A synthetic dump written by tools/generate_dump.py."""
+    """A synthetic dump written by tools/generate_dump.py, and next to it (PATH.bib) the
+    BibTeX references it names."""
     subprocess.run([sys.executable, str(ROOT / "tools" / "generate_dump.py"), "--records", str(records),
                     "--seed", str(seed), "--species", str(species), "--levels", str(levels),
-                    "-o", str(path)], check=True)
+                    "-o", str(path), "--bibtex", f"{path}.bib"], check=True)
     return Path(path)
 
 
@@ -130,3 +200,35 @@ def run_counts(alias, run_id):
     from node_common.models import ImportRun
     run = ImportRun.objects.using(alias).get(pk=run_id)
     return (run.lines_read, run.imported, run.skipped, run.rejected, run.committed_line, run.status)
+
+
+
+def expected_content(path, skip_header=2):
+    """What importing ``path`` must store, built line by line with parse_record (the
+    reference parser), in the form of content(): independent of the columnar parser,
+    the level index and the writers. Only for dumps without rejected lines."""
+    from node_atom.models import State, Transition
+    import valdimport as vi
+
+    def is_reference(line):
+        return bool(line) and 97 <= line[0] <= 122
+
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rb") as f:
+        lines = f.read().splitlines()
+    state_fields = [f for f in State._meta.concrete_fields if f.attname not in ("id", "run_id")]
+    transition_fields = [f for f in Transition._meta.concrete_fields
+                         if f.attname not in ("id", "run_id", "upstate_id", "lostate_id")]
+    states, transitions = {}, []
+    for i in range(skip_header, len(lines)):
+        if not lines[i].strip() or is_reference(lines[i]):
+            continue
+        ref = lines[i + 1] if i + 1 < len(lines) and is_reference(lines[i + 1]) else None
+        record = vi.parse_record(vi.decoded_line(lines[i]), None if ref is None else vi.decoded_line(ref))
+        keys = []
+        for key, row in ((record.lower_key, record.lower), (record.upper_key, record.upper)):
+            states.setdefault(vi.key_parts(key), tuple(f.to_python(row.get(f.attname)) for f in state_fields))
+            keys.append(vi.key_parts(key))
+        transitions.append((*keys, *(f.to_python(record.transition.get(f.attname))
+                                     for f in transition_fields)))
+    return {"states": [states[key] for key in sorted(states)], "transitions": transitions}

@@ -1,12 +1,19 @@
 """The standalone CLI through real pipes and processes: exit codes, messages, summary."""
+import os
 import shlex
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
+from django.db import connections
 
 from node_atom.models import State, Transition
-from tests.conftest import ROOT, SAMPLE, cli_env, database_url, run_cli, summary_rows, write_dump
+from node_common.models import ImportRun
+from tests.conftest import (ROOT, SAMPLE, clear, cli_env, content, database_url, generate_dump,
+                            run_cli, summary_rows, unprivileged, write_dump)
+from tests.test_resume import committed
 
 
 def pipe(shell_source, *args, url):
@@ -103,7 +110,7 @@ def test_bad_usage_exits_2(args):
 def test_every_command_has_help(command):
     result = run_cli(command, "--help")
     assert result.returncode == 0
-    for option in ("--file", "--batch-size", "--skip-header", "--skip-calc", "--cache-size",
+    for option in ("--file", "--batch-size", "--skip-header", "--skip-calc",
                    "--restart", "--reject-file"):
         assert option in result.stdout.decode()
 
@@ -119,3 +126,90 @@ def test_help_works_before_anything_is_installed():
     assert used.returncode == 2
     assert used.stderr.startswith("valdimport: error: No module named 'django'")
     assert "pip install -e ." in used.stderr and "Traceback" not in used.stderr
+
+
+@pytest.mark.parametrize("url", ["sqlite://vald.sqlite3", "sqlite:vald.sqlite3", "sqlite://", "sqlite:///"])
+def test_a_malformed_sqlite_url_is_refused_before_anything_is_written(url, tmp_path):
+    """sqlite://vald.sqlite3 would import into memory, sqlite:vald.sqlite3 into ald.sqlite3."""
+    result = run_cli("--database-url", url, "import", "--file", SAMPLE, cwd=tmp_path)
+    err = result.stderr.decode()
+    assert result.returncode == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"valdimport: error: bad SQLite URL {url!r}: use sqlite:///RELATIVE/PATH "
+                          "or sqlite:////ABSOLUTE/PATH")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_relative_and_absolute_sqlite_urls(tmp_path):
+    (tmp_path / "sub").mkdir()
+    relative = run_cli("--database-url", "sqlite:///sub/rel.sqlite3", "import", "--file", SAMPLE, cwd=tmp_path)
+    assert relative.returncode == 0, relative.stderr
+    assert summary_rows(relative.stdout.decode())["database"] == "sqlite sub/rel.sqlite3"
+    absolute = run_cli("--database-url", f"sqlite:///{tmp_path}/abs.sqlite3", "import", "--file", SAMPLE)
+    assert absolute.returncode == 0, absolute.stderr
+    assert (tmp_path / "sub" / "rel.sqlite3").exists() and (tmp_path / "abs.sqlite3").exists()
+
+
+def test_ctrl_c_stops_with_one_line_and_a_rerun_resumes_exactly(engine, tmp_path):
+    """SIGINT to the whole process group, as a terminal sends it: the parser worker too."""
+    url, dump = database_url(engine), generate_dump(tmp_path / "d.dat", records=6000, seed=7)
+    args = [sys.executable, str(ROOT / "valdimport.py"), "--database-url", url, "import",
+            "--file", str(dump), "--batch-size", "20", "--workers", "1"]
+    assert subprocess.run(args, cwd=tmp_path, env=cli_env(), capture_output=True).returncode == 0
+    expected = content(engine)
+    clear(engine)
+    process = subprocess.Popen(args, cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    while committed(engine) < 2000 and process.poll() is None:
+        time.sleep(0.02)
+    assert process.poll() is None, "the import ended before it could be interrupted"
+    os.killpg(process.pid, signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert (process.returncode, err) == (130, "valdimport: interrupted; rerun the same command to resume\n")
+    assert ImportRun.objects.using(engine).get().status == "stopped"
+    rerun = subprocess.run(args, cwd=tmp_path, env=cli_env(), capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "resumed" in summary_rows(rerun.stdout)
+    assert content(engine) == expected
+
+
+@pytest.mark.parametrize("args", [["runs"], ["import", "--file", SAMPLE, "--append"]])
+def test_a_reader_that_stops_early_gets_no_traceback(args, tmp_path):
+    """``valdimport.py runs | head -2``: the pipe closes before the report is written."""
+    url = f"sqlite:///{tmp_path}/h.sqlite3"
+    assert run_cli("import", "--file", SAMPLE, url=url).returncode == 0
+    process = subprocess.Popen([sys.executable, str(ROOT / "valdimport.py"), "--database-url", url,
+                                *map(str, args)], cwd=tmp_path, env=cli_env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # as head does once it has its lines
+    err = process.stderr.read()
+    assert (process.wait(), err) == (0, b"")
+
+
+@pytest.mark.parametrize("command", ["import", "rollback"])
+def test_a_read_only_database_is_one_line(engine, empty_database, tmp_path, command):
+    """SQLite: a read-only file; PostgreSQL: read-only transactions; MySQL: a user who may
+    only read (its read-only mode is server-wide)."""
+    vendor = connections[engine].vendor
+    assert run_cli("import", "--file", SAMPLE, url=empty_database).returncode == 0
+    url, name = empty_database, empty_database.rsplit("/", 1)[1]
+    if vendor == "sqlite":
+        (tmp_path / "empty.sqlite3").chmod(0o444)
+    with connections[engine].cursor() as cursor:
+        if vendor == "postgresql":
+            cursor.execute(f"ALTER DATABASE {name} SET default_transaction_read_only = on")
+        elif vendor == "mysql":
+            cursor.execute(f"CREATE USER '{name}'@'%'")
+            cursor.execute(f"GRANT SELECT ON {name}.* TO '{name}'@'%'")
+            server = connections[engine].settings_dict
+            url = f"mysql://{name}@{server['HOST']}:{server['PORT']}/{name}"
+    args = ["import", "--file", SAMPLE, "--restart"] if command == "import" else ["rollback", "--run", "1", "--yes"]
+    try:
+        result = subprocess.run(unprivileged([sys.executable, ROOT / "valdimport.py", "--database-url",
+                                              url, *args]), env=cli_env(), capture_output=True, text=True)
+    finally:
+        if vendor == "mysql":
+            with connections[engine].cursor() as cursor:
+                cursor.execute(f"DROP USER '{name}'@'%'")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"valdimport: error: cannot write to {vendor} ")
+    assert result.stderr.count("\n") == 1 and "make it writable" in result.stderr

@@ -6,7 +6,7 @@ import sys
 from tests.conftest import ROOT, SAMPLE, cli_env, summary_rows
 
 
-def manage(*args, database_url, cwd=ROOT):
+def manage(*args, database_url, cwd=None):
     env = cli_env()
     env["DATABASE_URL"] = database_url
     return subprocess.run([sys.executable, str(ROOT / "manage.py"), *map(str, args)],
@@ -18,7 +18,7 @@ def test_manage_help_lists_the_commands(tmp_path):
     assert result.returncode == 0
     section = result.stdout.split("[commands]")[1]
     for command in ("import_states", "import_transitions", "import_vald", "import_species",
-                    "import_linelists", "import_references", "verify", "check_indexes", "runs",
+                    "import_linelists", "import_references", "import_hfs", "verify", "check_indexes", "runs",
                     "rollback", "housekeeping"):
         assert command in section
 
@@ -48,6 +48,24 @@ def test_command_errors_are_one_line_with_exit_code_2(tmp_path):
 def test_command_help_has_the_same_options(tmp_path):
     result = manage("import_transitions", "--help", database_url=f"sqlite:///{tmp_path}/x.sqlite3")
     assert result.returncode == 0
-    for option in ("--file", "--batch-size", "--skip-header", "--skip-calc", "--cache-size",
+    for option in ("--file", "--batch-size", "--skip-header", "--skip-calc",
                    "--restart", "--reject-file", "--database"):
         assert option in result.stdout
+
+
+def test_a_bad_database_url_is_one_line(tmp_path):
+    result = manage("runs", database_url="foo://", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr == ("manage.py: error: unsupported database URL scheme 'foo': use "
+                             "sqlite:///PATH, postgres://USER@HOST:PORT/NAME or mysql://USER@HOST:PORT/NAME\n")
+
+
+def test_a_reader_that_stops_early_gets_no_traceback(tmp_path):
+    url = f"sqlite:///{tmp_path}/p.sqlite3"
+    assert manage("import_vald", "--file", SAMPLE, database_url=url).returncode == 0
+    env = dict(cli_env(), DATABASE_URL=url)
+    process = subprocess.Popen([sys.executable, str(ROOT / "manage.py"), "runs"], env=env, cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # as `| head -2` does once it has its lines
+    err = process.stderr.read()
+    assert (process.wait(), err) == (0, b"")

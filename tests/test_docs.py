@@ -20,20 +20,54 @@ def test_ci_runs_exactly_the_readme_test_command():
     assert "pytest" in test and "import --file tests/data/sample.dat.gz" in install_and_import
 
 
+def table_rows(heading):
+    """{first cell: the rest of the row} of the first table under a README heading."""
+    section = README.split(heading + "\n")[1].split("\n#")[0]
+    rows = [line.strip("|").split("|", 1) for line in section.splitlines() if line.startswith("| `")]
+    return {first.strip(): rest for first, rest in rows}
+
+
+def options_of(parser):
+    return [a.option_strings[0] for a in parser._actions if a.option_strings and a.dest != "help"]
+
+
+def has_row(rows, option):
+    return any(re.match(rf"`{re.escape(option)}[ `]", first) for first in rows)
+
+
 def test_readme_documents_every_import_option():
+    """Each option has its own row in the options table (a mention elsewhere does not count)."""
+    rows = table_rows("### Options (every import command)")
     parser = argparse.ArgumentParser()
     vi.add_import_arguments(parser)
-    options = [a.option_strings[0] for a in parser._actions if a.option_strings and a.dest != "help"]
+    options = options_of(parser)
     assert len(options) >= 8
     for option in options:
-        assert f"`{option}" in README, option
+        assert has_row(rows, option), option
+
+
+def test_readme_documents_every_companion_command_and_its_options():
+    """Each companion command has its row in the companion table, each of its options a row
+    in the companion options table."""
+    rows = table_rows("### Companion files")
+    for command in vi.COMPANIONS:
+        assert f"`{command}`" in rows and f"valdimport.py {command}" in README, command
+        parser = argparse.ArgumentParser()
+        vi.add_import_arguments(parser, companion=True, command=command)
+        options = options_of(parser)
+        assert len(options) >= 3
+        for option in options:
+            assert has_row(rows, option), (command, option)
 
 
 def test_readme_documents_every_operation_and_its_options():
+    """Each operation has its row in the operations table, naming each of its options."""
+    rows = table_rows("## Operating a node: verify, runs, rollback, indexes, housekeeping")
+    assert "all take `--json`" in README
     for command in vi.OPERATIONS:
         parser = argparse.ArgumentParser()
         vi.add_operation_arguments(parser, command)
-        assert f"valdimport.py {command}" in README or f"`{command}" in README, command
-        for action in parser._actions:
-            if action.option_strings and action.dest != "help":
-                assert f"{action.option_strings[0]}" in README, (command, action.option_strings[0])
+        row = rows[f"`{command}`"]
+        for option in options_of(parser):
+            if option != "--json":
+                assert re.search(rf"`{re.escape(option)}[ `]", row), (command, option)

@@ -9,14 +9,15 @@ MODELS = (Transition, State, Species, SpeciesComponent, ImportRun, LineList, Ref
 
 def test_dry_run_leaves_every_table_empty(engine, tmp_path):
     path, expected, total = mixed_dump(tmp_path)
-    result = run_cli("import", "--file", path, "--dry-run", url=database_url(engine))
+    result = run_cli("import", "--file", path, "--dry-run", url=database_url(engine), cwd=tmp_path)
     assert result.returncode == 3
     out = result.stdout.decode()
     assert out.startswith("import: checked (dry run: nothing was written)")
     rows = summary_rows(out)
     assert rows["lines read"] == str(total) and rows["rejected"].startswith(f"{len(BAD)}  -> ")
     assert "transitions" not in rows and "levels" not in rows
-    rejects = (tmp_path / "mixed.dat.rejects").read_text(encoding="utf-8").splitlines()
+    assert rows["rejected"].endswith(f"-> {tmp_path / 'mixed.dat.dry-run.rejects'}")
+    rejects = (tmp_path / "mixed.dat.dry-run.rejects").read_text(encoding="utf-8").splitlines()
     assert [int(r.split("\t")[0]) for r in rejects] == sorted(expected)
     for model in MODELS:
         assert not model.objects.using(engine).exists(), model.__name__

@@ -118,6 +118,52 @@ def test_a_locked_sqlite_database_is_retried(tmp_path):
     assert "locked" in summary_rows(out)["retries"]
 
 
+def test_an_import_waits_for_a_write_transaction_of_another_sqlite_connection(long_dump, tmp_path):
+    """Another program holds BEGIN IMMEDIATE for longer than the busy timeout: the batch is
+    retried on a fresh connection (tuned before Django begins its transaction)."""
+    database = tmp_path / "busy.sqlite3"
+    url = f"sqlite:///{database}?timeout=1"
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "valdimport.py"), "--database-url", url, "import", "--file",
+         str(long_dump), "--batch-size", "20"], cwd=tmp_path, env=cli_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while process.poll() is None:
+        try:
+            with sqlite3.connect(database) as db:
+                if (db.execute("SELECT MAX(committed_line) FROM import_runs").fetchone()[0] or 0) > 200:
+                    break
+        except sqlite3.OperationalError:  # no tables yet
+            pass
+        time.sleep(0.05)
+    blocker = sqlite3.connect(database, timeout=10, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    assert process.poll() is None, "the import ended before the database could be locked"
+    time.sleep(3)  # three times the busy timeout
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err
+    assert "locked" in summary_rows(out)["retries"]
+    with sqlite3.connect(database) as db:
+        assert db.execute("SELECT COUNT(*) FROM transitions").fetchone()[0] == 6000
+
+
+def test_the_schema_is_created_once_a_write_transaction_of_another_connection_ends(tmp_path):
+    database = tmp_path / "new.sqlite3"
+    blocker = sqlite3.connect(database, timeout=0, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "valdimport.py"), "--database-url", f"sqlite:///{database}?timeout=1",
+         "import", "--file", str(SAMPLE)], cwd=tmp_path, env=cli_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(3)
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err
+    assert summary_rows(out)["transitions"] == "2,000"
+
+
 @pytest.mark.parametrize("make_error, kind", [
     (lambda: sqlite3.OperationalError("database is locked"), vi.TRANSIENT),
     (lambda: sqlite3.OperationalError("disk I/O error"), vi.FATAL),

@@ -6,14 +6,18 @@ import pytest
 import valdimport as vi
 from node_atom.models import State, Transition
 from node_common.models import Species
-from tests.conftest import SAMPLE, content, database_url, run_cli
+from tests.conftest import DATA, SAMPLE, content, database_url, run_cli
+
+REFS = str(DATA / "refs.bib")
 
 
 def test_housekeeping_computes_what_skip_calc_left_bit_for_bit(engine):
+    vi.import_references(REFS, using=engine)
     vi.import_dump(str(SAMPLE), using=engine)
     plain = content(engine)
     from tests.conftest import clear
     clear(engine)
+    vi.import_references(REFS, using=engine)
     vi.import_dump(str(SAMPLE), using=engine, skip_calc=True)
     assert not Transition.objects.using(engine).exclude(einsteina=None).exists()
     assert not vi.verify(engine).ok
@@ -29,8 +33,10 @@ def test_housekeeping_computes_what_skip_calc_left_bit_for_bit(engine):
 
 
 def test_skip_housekeeping_defers_ground_states_to_the_command(engine):
+    vi.import_references(REFS, using=engine)
     summary = vi.import_dump(str(SAMPLE), using=engine, skip_housekeeping=True)
-    assert [name for name, _, _ in summary.phases] == ["parse", "levels", "transitions"]
+    assert [name for name, _, _ in summary.phases] == ["drop indexes", "level index", "parse", "levels",
+                                                       "transitions", "indexes"]
     assert not Species.objects.using(engine).exclude(ground_state=None).exists()
     from django.core.management import call_command
     call_command("housekeeping", database=engine)
@@ -63,18 +69,18 @@ def test_two_passes_write_their_summaries(engine, tmp_path):
     run_cli("import-transitions", "--file", SAMPLE, "--summary-json", tmp_path / "2.json", url=url)
     states, transitions = (json.loads((tmp_path / f"{n}.json").read_text()) for n in (1, 2))
     assert states["states_new"] == State.objects.using(engine).count()
-    assert [p["phase"] for p in states["phases"]][:2] == ["parse", "levels"]
+    assert [p["phase"] for p in states["phases"]][:4] == ["drop indexes", "level index", "parse", "levels"]
     assert transitions["states_new"] == 0
     assert transitions["transitions"] == Transition.objects.using(engine).count()
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_progress_bar_shows_bytes_rate_levels_and_hits(sqlite_only, capsys):
+def test_the_progress_bar_shows_bytes_rate_and_levels(sqlite_only, capsys):
     vi.import_dump(str(SAMPLE), using=sqlite_only, progress=True, batch_size=500)
     bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
-    size = SAMPLE.stat().st_size
-    assert f"{size / 1000:.0f}" in bar or "kB" in bar  # compressed bytes, the file's own size
-    assert "records/s" in bar and "1,460 new levels" in bar and "% hits" in bar
+    done = f"{SAMPLE.stat().st_size / 1000:.0f}k"  # compressed bytes read: the file's own size
+    assert f"| {done}/{done} [" in bar, bar
+    assert "records/s" in bar and "1,460 new levels" in bar
 
 
 def test_a_summary_json_that_cannot_be_written_is_a_usage_error(sqlite_only, tmp_path):
@@ -86,21 +92,24 @@ def test_a_summary_json_that_cannot_be_written_is_a_usage_error(sqlite_only, tmp
 
 def test_verify_as_the_last_phase_of_an_import(engine, tmp_path, sample_lines):
     url = database_url(engine)
+    assert run_cli("import-references", "--file", REFS, url=url).returncode == 0
     result = run_cli("import", "--file", SAMPLE, "--verify", url=url)
     assert result.returncode == 0, result.stderr
     text = result.stdout.decode()
-    assert "all 12 checks passed" in text
-    assert any(line.split()[:2] == ["verify", "12"] for line in text.splitlines() if line.strip())
+    assert "all 15 checks passed" in text
+    assert any(line.split()[:2] == ["verify", "15"] for line in text.splitlines() if line.strip())
     doubled = tmp_path / "again.dat"
     doubled.write_bytes(b"".join(sample_lines))
     again = run_cli("import", "--file", doubled, "--restart", "--verify", url=url)
     assert again.returncode == 1  # every transition is now stored twice
-    row = next(line for line in again.stdout.decode().splitlines() if "species whose transitions differ" in line)
-    assert row.split()[6:8] == ["30", "FAILED:"]
+    rows = [line for line in again.stdout.decode().splitlines() if "FAILED" in line]
+    assert len(rows) == 1 and "species whose transitions differ" in rows[0]
+    assert rows[0].split()[6:8] == ["30", "FAILED:"]
 
 
 @pytest.mark.django_db(transaction=True)
 def test_verify_file_shows_its_progress_reading_the_dump(sqlite_only, capsys):
+    vi.import_references(REFS, using=sqlite_only)
     vi.import_dump(str(SAMPLE), using=sqlite_only)
     capsys.readouterr()
     assert vi.verify(sqlite_only, dump=str(SAMPLE), progress=True).ok

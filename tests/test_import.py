@@ -186,7 +186,10 @@ def test_a_different_file_with_the_same_start_is_a_new_run(engine, tmp_path, sam
     changed[-2] = data_line(species="    26").encode() + b"\n"
     second = write_dump(tmp_path / "b.dat", changed)
     vi.import_dump(str(first), using=engine)
-    summary = vi.import_dump(str(second), using=engine)
+    with pytest.raises(vi.UsageError, match="does not continue it"):
+        vi.import_dump(str(second), using=engine)  # its lines would be stored twice
+    assert Transition.objects.using(engine).count() == 2000
+    summary = vi.import_dump(str(second), using=engine, append=True)
     assert summary.continues_run is None and summary.tally.transitions == 2000
     assert Transition.objects.using(engine).count() == 4000
     # the first file is still recognised as imported, though a later run came between
@@ -194,7 +197,7 @@ def test_a_different_file_with_the_same_start_is_a_new_run(engine, tmp_path, sam
 
 
 def test_small_batches_give_the_same_content(engine):
-    vi.import_dump(str(SAMPLE), using=engine, batch_size=7, cache_size=10)
+    vi.import_dump(str(SAMPLE), using=engine, batch_size=7)
     small = content(engine)
     clear(engine)
     vi.import_dump(str(SAMPLE), using=engine)

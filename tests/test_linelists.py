@@ -66,3 +66,31 @@ def test_bad_line_list_rows_are_rejected(engine, tmp_path):
     summary = vi.import_linelists(str(path), using=engine, reject_file=str(tmp_path / "r"))
     assert (summary.tally.imported, summary.tally.rejected, summary.tally.skipped["header"]) == (4, 2, 1)
     assert [line.split("\t")[0] for line in (tmp_path / "r").read_text().splitlines()] == ["6", "7"]
+
+
+def test_a_repeated_line_list_id_keeps_the_first_row(engine, tmp_path):
+    path = tmp_path / "ll.dat"
+    path.write_text(LINELISTS + "ATOMS/again.bin\t3\tatomic\t4\nATOMS/K14b.bin\t1\tatomic\t0\n"
+                    "ATOMS/third.bin\t3\tatomic\t2\n")
+    summary = vi.import_linelists(str(path), using=engine, reject_file=str(tmp_path / "r"))
+    assert (summary.tally.imported, summary.tally.rejected) == (4, 3)
+    assert list(LineList.objects.using(engine).order_by("id").values_list("id", "srcfile", "method")) == [
+        (1, "ATOMS/K14.bin", 4), (2, "ATOMS/BWL.bin", 0), (3, "ATOMS/E1.bin", 1), (4, "ATOMS/E2.bin", -1)]
+    assert [line.split("\t")[:2] for line in (tmp_path / "r").read_text().splitlines()] == [
+        ["5", "duplicate line-list id 3; the first, on line 3, is kept"],
+        ["6", "duplicate line-list id 1; the first, on line 1, is kept"],
+        ["7", "duplicate line-list id 3; the first, on line 3, is kept"]]
+    rows = summary_rows(summary.table())
+    assert rows["line lists"] == "4 new, 0 updated, 0 unchanged"
+    assert rows["duplicates"] == "3 rejected, the first of each kept: 3, 1"
+
+
+def test_a_changed_line_list_file_counts_the_rows_it_changes(engine, tmp_path):
+    path = tmp_path / "ll.dat"
+    path.write_text(LINELISTS)
+    first = vi.import_linelists(str(path), using=engine)
+    assert summary_rows(first.table())["line lists"] == "4 new, 0 updated, 0 unchanged"
+    path.write_text(LINELISTS.replace("E1.bin\t3\thfs\t1", "E1.bin\t3\thfs\t2") + "ATOMS/F.bin\t5\tatomic\t3\n")
+    summary = vi.import_linelists(str(path), using=engine)
+    assert summary_rows(summary.table())["line lists"] == "1 new, 1 updated, 3 unchanged"
+    assert LineList.objects.using(engine).get(pk=3).method == 2

@@ -8,11 +8,11 @@ from tests.lines import REFERENCE, data_line, dump
 
 
 def transition_values(record):
-    return dict(zip(vi.TRANSITION_COLUMNS[2:-1], record.transition))
+    return record.transition
 
 
 def state_values(row):
-    return dict(zip(vi.STATE_COLUMNS[:-1], row))
+    return row
 
 
 def test_field_definitions_cover_every_column_exactly_once():
@@ -179,21 +179,24 @@ def test_energy_key_comes_from_the_digits_not_floats():
     (dict(transition_flag="Z"), "unknown transition flag"),
     (dict(accurflag="Q"), "unknown accurflag"),
     (dict(lower_j="  -1.0"), "lower J is negative"),
-    (dict(lls=(1, 2, 3, 4, 5, 6, 7, 8, -1)), None),  # a negative id is still an integer
 ])
 def test_bad_fields_reject_the_line_with_a_reason(changes, reason):
-    line = data_line(**changes)
-    if reason is None:
-        vi.parse_record(line, None)
-        return
     with pytest.raises(vi.RejectedLine, match=reason):
-        vi.parse_record(line, None)
+        vi.parse_record(data_line(**changes), None)
+
+
+def test_a_negative_line_list_id_is_still_an_integer():
+    record = vi.parse_record(data_line(lls=(1, 2, 3, 4, 5, 6, 7, 8, -1)), None)
+    assert [transition_values(record)[f"ll{i}"] for i in range(1, 10)] == [1, 2, 3, 4, 5, 6, 7, 8, -1]
 
 
 def test_reference_keys_per_quantity():
     keys = vi.reference_keys("wl:K14,iso:BWL gf:K14 K14 K14 K14 gr:K14 K14 K14 K14")
     assert keys == ("K14,BWL", "K14", "K14", "K14", "K14", "K14", "K14", "K14", "K14")
     assert vi.reference_keys("wl:Wa WA") == ("Wa", "WA") + (None,) * 7
+    # "+" joins two keys, as "," does: each resolves on its own in refs
+    assert vi.reference_keys("wl:SR+Sm gf:SR+gf:Sm")[:3] == ("SR,Sm", "SR,Sm", None)
+    assert vi.field_keys("wl:K14,iso:BWL+FMW") == "K14,BWL,FMW"
     with pytest.raises(vi.RejectedLine, match="10 fields"):
         vi.reference_keys(" ".join(["wl:K14"] * 10))
 
@@ -209,7 +212,7 @@ def test_batch_counts_every_line_kind():
         (data_line(species="    26"), REFERENCE),
         "wl:stray K14",  # a second reference line for one data line
     ).splitlines(keepends=True)
-    parsed = vi.parse_batch(lines, 1)
+    parsed = vi.parse_batch(b"".join(lines), 1)
     assert parsed.records == 2
     assert parsed.skipped == {"header": 2, "reference": 3, "comment": 1, "blank": 1, "unknown": 1}
     assert [(n, reason) for n, reason, _ in parsed.rejects] == [
@@ -218,13 +221,13 @@ def test_batch_counts_every_line_kind():
     ]
     assert parsed.rejects[0][2] == data_line(loggf="********")
     assert len(lines) == parsed.records + sum(parsed.skipped.values()) + len(parsed.rejects)
-    assert parsed.species == {2601, 26}
+    assert parsed.species_ids == {2601, 26}
 
 
 def test_binary_garbage_and_long_lines_are_rejected():
     lines = [b"h1\n", b"h2\n", b"\x00\x01\xff garbage\n", (data_line() + "  extra").encode() + b"\n",
              data_line().encode() + b"\t\n"]
-    parsed = vi.parse_batch(lines, 1)
+    parsed = vi.parse_batch(b"".join(lines), 1)
     assert parsed.records == 0
     reasons = [reason for _, reason, _ in parsed.rejects]
     assert reasons[0].startswith("not UTF-8 text")
@@ -235,10 +238,12 @@ def test_binary_garbage_and_long_lines_are_rejected():
 def test_parse_batch_keeps_the_first_description_of_a_level():
     first = data_line(lower_term="first description")
     second = data_line(lower_term="second description", ritz="     6000.00000")
-    parsed = vi.parse_batch(dump(first, second).splitlines(keepends=True), 1)
+    parsed = vi.parse_batch(dump(first, second), 1)
     assert parsed.records == 2
-    assert len(parsed.levels) == 2
-    assert parsed.levels[vi.level_key(2601, 57404501, 40)][6] == "first description"
+    levels = dict(zip(parsed.keys[parsed.carried], parsed.levels.tuples()))
+    assert len(levels) == 2
+    assert dict(zip(vi.STATE_COLUMNS[2:], levels[vi.level_key(2601, 57404501, 40)]))["term_desc"] \
+        == "first description"
 
 
 def test_stored_decimal_text_is_exact():
@@ -247,22 +252,60 @@ def test_stored_decimal_text_is_exact():
 
 
 @pytest.mark.parametrize("changes, reason", [
-    (dict(loggf="12345678"), "log gf is too large for its column"),   # no point: 8 digits
+    (dict(loggf="12345678"), "log gf has no decimal point"),
+    (dict(loggf="      -2"), "log gf has no decimal point"),
     (dict(loggf="  -1.2345"[1:]), "log gf has more than 3 decimals"),
+    (dict(loggf="   -1.50"), "log gf has fewer than 3 decimals"),
     (dict(lower_energy="  5740.450123"[-14:].rjust(14)), "lower energy has more than 4 decimals"),
-    (dict(ritz="123456789012345"), "Ritz wavelength is too large for its column"),
+    (dict(upper_energy="            53"), "upper energy has no decimal point"),  # cut at column 70
+    (dict(upper_energy="      53991.85"), "upper energy has fewer than 4 decimals"),
+    (dict(ritz="123456789012345"), "Ritz wavelength has no decimal point"),
+    (dict(ritz="      5000.1234"), "Ritz wavelength has fewer than 5 decimals"),
+    (dict(upper_j="     4"), "upper J has no decimal point"),
+    (dict(lower_j="   4.50"[1:]), "lower J has more than 1 decimals"),
     (dict(lower_lande="  1.234"), "lower_lande has more than 2 decimals"),
+    (dict(lower_lande=" 1.2000"), "lower_lande has more than 2 decimals"),
+    (dict(mean_lande="    1.2"), "mean_lande has fewer than 2 decimals"),
+    (dict(gammawaals="   312.2"), "gammawaals has fewer than 3 decimals"),
 ])
-def test_values_that_a_column_cannot_keep_are_rejected(changes, reason):
+def test_a_numeric_field_that_is_not_a_complete_fortran_f_field_is_rejected(changes, reason):
+    """The F format prints the point and exactly its decimals: anything else was cut off
+    or did not come from the format (and would be padded or rounded in its column)."""
     with pytest.raises(vi.RejectedLine, match=reason):
         vi.parse_record(data_line(**changes), None)
 
 
-@pytest.mark.parametrize("changes", [dict(loggf="    -1.5"), dict(loggf="   -1.50"),
-                                     dict(loggf="      -2"), dict(ritz="      5000.1234"[-15:]),
-                                     dict(lower_lande=" 1.2000")])
-def test_fewer_decimals_or_trailing_zeros_fit(changes):
+@pytest.mark.parametrize("changes", [dict(loggf="  -1.500"), dict(ritz="     5000.00000"),
+                                     dict(loggf="   -.500"), dict(lower_j="    .5"),
+                                     dict(gammawaals="  +1.300")])
+def test_complete_f_fields_are_accepted(changes):
     vi.parse_record(data_line(**changes), None)
+
+
+@pytest.mark.parametrize("cut", [70, 180, 340, 364])
+def test_a_last_line_cut_off_without_an_end_of_line_is_rejected_as_truncated(cut):
+    lines = dump(data_line(), data_line(ritz="     6000.00000")).splitlines(keepends=True)
+    lines[-1] = lines[-1][:cut]  # an interrupted download: no end of line
+    parsed = vi.parse_batch(b"".join(lines), 1)
+    assert parsed.records == 1
+    (number, reason, raw), = parsed.rejects
+    assert number == 4 and raw == data_line(ritz="     6000.00000")[:cut]
+    assert reason.startswith("truncated input: the last line stops at column")
+
+
+def test_a_complete_last_line_without_an_end_of_line_is_imported():
+    lines = dump(data_line(), data_line(ritz="     6000.00000")).splitlines(keepends=True)
+    lines[-1] = lines[-1].rstrip(b"\n")
+    assert vi.parse_batch(b"".join(lines), 1).records == 2
+
+
+def test_a_reference_line_the_input_ends_in_rejects_its_record():
+    lines = dump(data_line(), (data_line(ritz="     6000.00000"), REFERENCE)).splitlines(keepends=True)
+    lines[-1] = lines[-1][:12]  # "wl:K14,iso:B": a key may be cut off
+    parsed = vi.parse_batch(b"".join(lines), 1)
+    assert parsed.records == 1
+    (number, reason, _), = parsed.rejects
+    assert number == 4 and "ends inside this record's reference line" in reason
 
 
 def test_a_reference_key_longer_than_its_column_is_rejected():
@@ -283,7 +326,7 @@ def test_decimal_columns_keep_what_the_format_prints():
                "gammastark": Transition._meta.get_field("gammastark"),
                "gammawaals": Transition._meta.get_field("gammawaals")}
     for name, column in columns.items():
-        f = vi.DATA_FIELDS[vi.F[name]]
+        f = vi.FIELD[name]
         assert (column.max_digits, column.decimal_places) == (f.width - 1, f.places), name
     assert vi.REF_KEY_LENGTH == REF_KEY_LENGTH == Transition._meta.get_field("wave_ref_id").max_length
 

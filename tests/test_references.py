@@ -55,10 +55,12 @@ def test_keys_differing_in_case_are_two_references_kept_byte_exact(engine, tmp_p
     assert Reference.objects.using(engine).filter(id="wa").count() == 0  # case-sensitive lookups
     rejects = (tmp_path / "rej").read_text().splitlines()
     assert [r.split("\t")[:2] for r in rejects] == [
-        ["16", "duplicate key 'Wa'; the first entry is kept"],
+        ["16", "duplicate key 'Wa'; the first, on line 2, is kept"],
         ["17", rejects[1].split("\t")[1]]]
     assert rejects[1].split("\t")[1] == "not a BibTeX entry: Unexpectedly reached end of file."
-    assert summary_rows(summary.table())["references"] == "3 new, 0 already present"
+    rows = summary_rows(summary.table())
+    assert rows["references"] == "3 new, 0 updated, 0 unchanged"
+    assert rows["duplicates"] == "1 rejected, the first of each kept: Wa"
 
 
 def test_rerunning_the_references_changes_nothing(engine):
@@ -66,4 +68,18 @@ def test_rerunning_the_references_changes_nothing(engine):
     before = sorted(Reference.objects.using(engine).values_list("id", "bibtex"))
     again = vi.import_references(str(DATA / "refs.bib"), using=engine)
     assert sorted(Reference.objects.using(engine).values_list("id", "bibtex")) == before
-    assert summary_rows(again.table())["references"] == f"0 new, {first.tally.imported} already present"
+    assert first.tally.imported == 49
+    assert summary_rows(again.table())["references"] == "0 new, 0 updated, 49 unchanged"
+
+
+def test_a_changed_bibtex_file_counts_the_entries_it_changes(engine, tmp_path):
+    path = tmp_path / "refs.bib"
+    path.write_text(BIBTEX)
+    vi.import_references(str(path), using=engine, reject_file=str(tmp_path / "rej"))
+    changed = BIBTEX.replace("year = {2014}", "year = {2015}") + "@misc{New1, title = {new}}\n"
+    path.write_text(changed)
+    summary = vi.import_references(str(path), using=engine, reject_file=str(tmp_path / "rej"))
+    assert summary_rows(summary.table())["references"] == "1 new, 1 updated, 2 unchanged"
+    stored = dict(Reference.objects.using(engine).values_list("id", "bibtex"))
+    assert stored["K14"] == "@book{K14, title = {Kurucz}, year = {2015}}"
+    assert stored["New1"] == "@misc{New1, title = {new}}"

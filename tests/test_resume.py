@@ -8,7 +8,8 @@ import time
 import pytest
 
 from node_common.models import ImportRun
-from tests.conftest import ROOT, clear, cli_env, content, database_url, generate_dump, summary_rows
+from tests.conftest import (ROOT, SAMPLE, clear, cli_env, content, database_url, generate_dump,
+                            run_cli, summary_rows, write_dump)
 
 BAD_LINES = {  # physical line number -> a line the importer must reject
     101: b"     5000.12345               abc  -1.234\n",
@@ -117,3 +118,64 @@ def test_a_completed_run_adds_nothing_and_restart_imports_a_changed_file(engine,
     after = content(engine)
     assert len(after["transitions"]) == 2 * len(before["transitions"])
     assert ImportRun.objects.using(engine).filter(status="completed").count() == 3
+
+
+def one_line_refusal(result):
+    err = result.stderr.decode()
+    assert result.returncode == 2, err
+    assert err.startswith("valdimport: error: ") and err.count("\n") == 1 and "Traceback" not in err
+    return err
+
+
+def test_another_input_over_an_import_is_refused_unless_append_or_clear(engine, tmp_path, sample_lines):
+    """A revised release, a copy with one changed log gf, a copy with records left out."""
+    url = database_url(engine)
+    assert run_cli("import", "--file", write_dump(tmp_path / "vald.dat", sample_lines), url=url,
+                   cwd=tmp_path).returncode == 0
+    before = content(engine)
+    changed = list(sample_lines)
+    changed[-2] = changed[-2][:36] + b"  -9.999" + changed[-2][44:]  # after the first 64 KiB
+    early = list(sample_lines)
+    early[10] = early[10][:36] + b"  -9.999" + early[10][44:]
+    others = {"revised": generate_dump(tmp_path / "revised.dat", records=2000, seed=2),
+              "changed": write_dump(tmp_path / "changed.dat", changed),
+              "changed early": write_dump(tmp_path / "early.dat", early),
+              "records left out": write_dump(tmp_path / "shorter.dat", sample_lines[:1000] + sample_lines[1200:])}
+    for name, path in others.items():
+        err = one_line_refusal(run_cli("import", "--file", path, url=url, cwd=tmp_path))
+        assert "--append adds its transitions to those, --clear replaces them" in err, name
+    err = one_line_refusal(run_cli("import", url=url, stdin=b"".join(changed), cwd=tmp_path))
+    assert "standard input differs from the input of run" in err and "--clear" in err
+    assert content(engine) == before
+    appended = run_cli("import", "--file", others["revised"], "--append", url=url, cwd=tmp_path)
+    assert appended.returncode == 0 and summary_rows(appended.stdout.decode())["transitions"] == "2,000"
+    assert len(content(engine)["transitions"]) == 4000
+    replaced = run_cli("import", "--file", others["changed"], "--clear", "--yes", url=url, cwd=tmp_path)
+    assert replaced.returncode == 0, replaced.stderr
+    transitions = content(engine)["transitions"]
+    assert len(transitions) == 2000 and transitions[-1] != before["transitions"][-1]
+
+
+@pytest.mark.parametrize("part", ["1002 lines", "20 lines", "cut in a line"])
+def test_a_part_of_an_imported_input_finds_nothing_new(engine, tmp_path, sample_lines, part):
+    url = database_url(engine)
+    assert run_cli("import", "--file", SAMPLE, url=url, cwd=tmp_path).returncode == 0
+    before = content(engine)
+    data = {"1002 lines": b"".join(sample_lines[:1002]), "20 lines": b"".join(sample_lines[:20]),
+            "cut in a line": b"".join(sample_lines)[:300_000]}[part]
+    result = run_cli("import", url=url, stdin=data, cwd=tmp_path)  # head -1002 vald.dat | ...
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode().startswith("import: found nothing new: the input is a part of "
+                                             "what run ")
+    lines = len(data.splitlines())
+    assert summary_rows(result.stdout.decode())["lines read"] == f"{lines:,}"
+    assert content(engine) == before
+
+
+def test_a_part_with_a_changed_line_is_another_input(engine, tmp_path, sample_lines):
+    url = database_url(engine)
+    assert run_cli("import", "--file", SAMPLE, url=url, cwd=tmp_path).returncode == 0
+    part = sample_lines[:1002]
+    part[600] = part[600][:36] + b"  -9.999" + part[600][44:]
+    err = one_line_refusal(run_cli("import", url=url, stdin=b"".join(part), cwd=tmp_path))
+    assert "standard input differs from the input of run" in err

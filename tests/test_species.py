@@ -44,7 +44,7 @@ def test_species_rows_with_quoted_commas_and_components(engine, tmp_path):
                       .values_list("molecule_id", "position", "atom_id"))
     assert components == [(10001, 1, 601), (10001, 2, 801), (10003, 1, 601), (10003, 2, 601),
                           (10099, 1, 2601), (10099, 2, 2602), (10099, 3, 2601)]
-    assert summary_rows(summary.table())["species"] == "7 new, 0 already present"
+    assert summary_rows(summary.table())["species"] == "7 new, 0 updated, 0 unchanged"
 
 
 def test_placeholders_from_the_data_get_filled_in(engine, tmp_path):
@@ -55,7 +55,7 @@ def test_placeholders_from_the_data_get_filled_in(engine, tmp_path):
     ground = Species.objects.using(engine).get(pk=2601).ground_state_id
     assert ground is not None and Species.objects.using(engine).get(pk=2601).name is None
     summary = vi.import_species(write_species(tmp_path), using=engine)
-    assert summary_rows(summary.table())["species"] == "5 new, 2 already present"
+    assert summary_rows(summary.table())["species"] == "5 new, 2 updated, 0 unchanged"
     fe = Species.objects.using(engine).get(pk=2601)
     assert (fe.name, fe.atomic, fe.ground_state_id) == ("Fe 1", 26, ground)
 
@@ -66,14 +66,15 @@ def test_rerunning_the_species_list_changes_nothing(engine, tmp_path):
     before = species_state(engine)
     again = vi.import_species(path, using=engine)
     assert species_state(engine) == before
-    assert summary_rows(again.table())["species"] == "0 new, 7 already present"
+    assert summary_rows(again.table())["species"] == "0 new, 0 updated, 7 unchanged"
 
 
 def test_a_changed_species_list_updates_rows_and_components(engine, tmp_path):
     vi.import_species(write_species(tmp_path), using=engine)
     changed = SPECIES_CSV.replace("1,10003,C2,0", "1,10003,C2 renamed,0").replace(
         "3,2601,2602,2601,0,0", "2,2601,2602,0,0,0")
-    vi.import_species(write_species(tmp_path, changed), using=engine)
+    summary = vi.import_species(write_species(tmp_path, changed), using=engine)
+    assert summary_rows(summary.table())["species"] == "0 new, 2 updated, 5 unchanged"
     assert Species.objects.using(engine).get(pk=10003).name == "C2 renamed"
     assert list(SpeciesComponent.objects.using(engine).filter(molecule_id=10099)
                 .order_by("position").values_list("atom_id", flat=True)) == [2601, 2602]
@@ -85,3 +86,14 @@ def test_missing_component_atoms_become_placeholders(engine, tmp_path):
     summary = vi.import_species(write_species(tmp_path, text + "\n"), using=engine)
     assert summary.tally.species_created == [101, 801]
     assert Species.objects.using(engine).filter(pk__in=[101, 801], name=None).count() == 2
+
+
+def test_a_repeated_species_index_keeps_the_first_row(engine, tmp_path):
+    repeated = SPECIES_CSV + "1,2601,Fe repeated,0,InChI=1S/Fe,,55.8450,7.902,1.000,1,2601,0,0,0,0\n"
+    summary = vi.import_species(write_species(tmp_path, repeated), using=engine,
+                                reject_file=str(tmp_path / "species.rejects"))
+    assert (summary.tally.imported, summary.tally.rejected) == (7, 2)
+    assert Species.objects.using(engine).get(pk=2601).name == "Fe 1"
+    rejects = (tmp_path / "species.rejects").read_text().splitlines()
+    assert rejects[1].split("\t")[:2] == ["11", "duplicate species index 2601; the first, on line 5, is kept"]
+    assert summary_rows(summary.table())["duplicates"] == "1 rejected, the first of each kept: 2601"

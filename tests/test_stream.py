@@ -50,8 +50,8 @@ def test_batches_hold_n_records_and_never_split_a_reference_line():
     batches = list(vi.read_batches(iter(lines), batch_size=4))
     assert [b.first_line for b in batches] == [1, 7, 15, 23, 31, 39, 47]
     for b in batches[1:]:
-        assert not b.lines[0][:1].islower()  # a batch starts with a data line
-    assert b"".join(line for b in batches for line in b.lines) == PLAIN
+        assert not b.data[:1].islower()  # a batch starts with a data line
+    assert b"".join(b.data for b in batches) == PLAIN
     assert batches[-1].end_offset == len(PLAIN)
     assert batches[-1].last_line == len(lines)
 
@@ -61,6 +61,27 @@ def test_batch_digests_are_of_the_whole_prefix():
     lines = PLAIN.splitlines(keepends=True)
     for b in vi.read_batches(iter(lines), batch_size=3):
         assert b.sha256 == hashlib.sha256(PLAIN[:b.end_offset]).hexdigest()
+
+
+@pytest.mark.parametrize("cut, alone", [(-200, 1), (-30, 2)])  # in a data line, in a reference line
+def test_a_last_record_without_an_end_of_line_comes_alone_and_is_never_committed(cut, alone):
+    """A download that stopped: once the whole dump is there, a rerun continues before it."""
+    lines = PLAIN[:cut].splitlines(keepends=True)
+    *complete, last = vi.read_batches(iter(lines), batch_size=100)
+    assert last.cut and last.data == b"".join(lines[-alone:]) and last.first_line == len(lines) - alone + 1
+    assert last.end_offset == complete[-1].end_offset == len(b"".join(lines[:-alone]))
+    assert last.sha256 == complete[-1].sha256 and last.committed_line == len(lines) - alone
+    assert not complete[-1].cut and complete[-1].committed_line == complete[-1].last_line
+
+
+def test_checkpoints_are_digests_of_the_input_up_to_them():
+    import hashlib
+    data = PLAIN * 3
+    (batch,) = vi.read_batches(iter(data.splitlines(keepends=True)), batch_size=1000)
+    assert sorted(batch.checkpoints) == [o for o in (4096, 5120, 6144, 7168, 8192, 10240, 12288, 14336,
+                                                     16384, 20480, 24576, 28672, 32768) if o <= len(data)]
+    for offset, sha in batch.checkpoints.items():
+        assert sha == hashlib.sha256(data[:offset]).hexdigest()
 
 
 def test_batches_stop_exactly_at_a_committed_offset():

@@ -1223,6 +1223,55 @@ def positive(minimum):
     return check
 
 
+def by_wavelength(chunks, run=500_000):
+    """The records of ``chunks`` sorted by wavelength (measured, else Ritz; stable), in
+    chunks of text: sorted runs of ``run`` records in temporary files, then merged, so
+    that memory stays bounded whatever the number of records."""
+    import heapq
+    import tempfile
+
+    def records(text):
+        lines = text.split("\n")[:-1]
+        i = 0
+        while i < len(lines):
+            data = lines[i]
+            ref = lines[i + 1] if i + 1 < len(lines) and lines[i + 1][:1].islower() else None
+            i += 2 if ref is not None else 1
+            measured = data[15:30].strip()
+            wave = float(measured) if measured and float(measured) != 0 else float(data[0:15])
+            yield wave, data + ("\n" + ref if ref is not None else "")
+
+    def spill(batch):
+        batch.sort(key=lambda item: item[0])
+        f = tempfile.TemporaryFile("w+", encoding="ascii")
+        f.writelines(f"{wave!r}\t{text.replace(chr(10), chr(0))}\n" for wave, text in batch)
+        f.seek(0)
+        return f
+
+    def read(f):
+        for line in f:
+            wave, _, text = line.rstrip("\n").partition("\t")
+            yield float(wave), text.replace("\0", "\n")
+
+    runs, batch = [], []
+    for chunk in chunks:
+        batch.extend(records(chunk))
+        if len(batch) >= run:
+            runs.append(spill(batch))
+            batch = []
+    runs.append(spill(batch))
+    out = []
+    for _, text in heapq.merge(*map(read, runs), key=lambda item: item[0]):
+        out.append(text)
+        if len(out) >= 8192:
+            yield "\n".join(out) + "\n"
+            out = []
+    if out:
+        yield "\n".join(out) + "\n"
+    for f in runs:
+        f.close()
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(
         description="Write a synthetic VALD transition dump (format: shared/FORMAT.md) "
@@ -1241,13 +1290,17 @@ def main(argv=None):
     p.add_argument("--species-csv", metavar="PATH", help="also write the species list CSV")
     p.add_argument("--linelists", metavar="PATH", help="also write linelists.dat (TAB-separated)")
     p.add_argument("--bibtex", metavar="PATH", help="also write the BibTeX references")
+    p.add_argument("--order", choices=("generated", "wavelength"), default="generated",
+                   help="record order: as generated (species at random, the default) or by "
+                        "wavelength, as VALD writes its dumps")
     args = p.parse_args(argv)
 
     gen = Generator(args)
     stream, closers = open_output(args.output)
     try:
         stream.write(gen.header().encode("ascii"))
-        for chunk in gen.records():
+        chunks = gen.records() if args.order == "generated" else by_wavelength(gen.records())
+        for chunk in chunks:
             stream.write(chunk.encode("ascii"))
         stream.flush()
     except BrokenPipeError:

@@ -1,0 +1,5 @@
+from valdimport import ImportCommand
+
+
+class Command(ImportCommand):
+    command = "import-hfs"
