@@ -102,8 +102,9 @@ Z_OF = {s: i + 1 for i, s in enumerate(SYMBOLS)}
 EV_TO_CM = 8065.54
 RYDBERG_INF = 109737.31568  # cm^-1
 ELECTRON_AMU = 5.48579909e-4
-STAGE_FACTOR = (1.0, 2.0, 3.9, 6.9)  # crude IE(stage)/IE(1) for non-hydrogenic ions
-MAX_STAGE = 4
+STAGE_FACTOR = (1.0, 2.0, 3.9, 6.9, 10.5, 15.0, 20.0, 26.0, 33.0, 41.0)  # crude IE(stage)/IE(1)
+MAX_STAGE = 4  # ions up to this stage, and up to HIGH_STAGE when more species are asked for
+HIGH_STAGE = 10
 
 # name, components, ionisation energy (eV, None = estimate), InChI (None = from
 # the Hill formula), ground state (2S+1, |Lambda|) or None
@@ -335,6 +336,8 @@ def choose_species(n_species, seed):
     atom_keys = [(z, st) for z in range(1, 93) for st in range(1, min(z, MAX_STAGE) + 1)]
     n_mol = 0 if n_species < 3 else max(1, round(0.2 * n_species))
     n_atom = n_species - n_mol
+    if n_atom > len(atom_keys):  # highly charged ions too
+        atom_keys += [(z, st) for z in range(1, 93) for st in range(MAX_STAGE + 1, min(z, HIGH_STAGE) + 1)]
     if n_atom > len(atom_keys):
         n_atom = len(atom_keys)
         n_mol = n_species - n_atom
@@ -696,6 +699,8 @@ def make_levels_mol(sp, n_levels, rng, forced, ell_ids):
     if forced:
         nstates = max(3, nstates)
     gmult, glam = sp.mol_ground or (rng.choice((1, 2, 2, 3, 4)), rng.choice((0, 0, 1, 2)))
+    # more levels than a molecule's usual bands hold: longer rotational ladders
+    stretch = 1.0 if n_levels <= 1000 else n_levels / 400
     states = []
     tes = sorted(rng.uniform(4000.0, 45000.0) for _ in range(nstates - 1))
     upper_labels = iter("ABCDEFG")
@@ -727,7 +732,7 @@ def make_levels_mol(sp, n_levels, rng, forced, ell_ids):
             minus=minus_sigma, we=we, wexe=we * rng.uniform(0.004, 0.02), be=be,
             alpha=be * rng.uniform(0.005, 0.015), aso=rng.uniform(-120.0, 120.0),
             gamma=rng.uniform(-0.05, 0.05), q=rng.uniform(1e-4, 5e-3),
-            vmax=(12 if s == 0 else 6), jmax=(40 if light else 120),
+            vmax=(12 if s == 0 else 6), jmax=round((40 if light else 120) * stretch),
             gu=("g" if s == 0 else rng.choice("gu")) if homo else None))
     sweights = [4.0] + [1.0] * (nstates - 1)
     cum = []
