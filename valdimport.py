@@ -767,7 +767,8 @@ class ColumnRows:
     def __len__(self):
         return len(self.columns[0])
 
-    def take(self, index: np.ndarray) -> "ColumnRows":
+    def take(self, index) -> "ColumnRows":
+        """The rows ``index`` (an index array, or a slice)."""
         return ColumnRows([c.take(index) if isinstance(c, Strings) else c[index] for c in self.columns],
                           self.slots)
 
@@ -2256,20 +2257,24 @@ class SQLiteWriter(Writer):
     placeholder = "?"
     ROWS_PER_INSERT = 50
 
+    ROWS_PER_CALL = 1000  # the Python values of this many rows at a time
+
     def _insert(self, cursor, table, columns, rows, *slots):
-        if not len(rows):
-            return
-        values, width = rows.flat(*slots), len(columns)
+        width = len(columns)
         per = max(1, min(self.ROWS_PER_INSERT, self._variables() // width))
-        whole = len(rows) // per * per
         head = f"INSERT INTO {self.dialect.q(table)} ({self.dialect.cols(columns)}) VALUES "
         row = "(" + ", ".join("?" * width) + ")"
-        step = per * width
-        if whole:
-            cursor.executemany(head + ", ".join([row] * per),
-                               (values[at:at + step] for at in range(0, whole * width, step)))
-        if whole < len(rows):
-            cursor.execute(head + ", ".join([row] * (len(rows) - whole)), values[whole * width:])
+        slots = [np.broadcast_to(np.asarray(s), (len(rows),)) for s in slots]
+        for start in range(0, len(rows), self.ROWS_PER_CALL):
+            part = slice(start, start + self.ROWS_PER_CALL)
+            values = rows.take(part).flat(*(s[part] for s in slots))  # a slice: views
+            count = len(values) // width
+            whole, step = count // per * per, per * width
+            if whole:
+                cursor.executemany(head + ", ".join([row] * per),
+                                   (values[at:at + step] for at in range(0, whole * width, step)))
+            if whole < count:
+                cursor.execute(head + ", ".join([row] * (count - whole)), values[whole * width:])
 
     def _variables(self) -> int:
         import sqlite3
