@@ -2051,8 +2051,10 @@ class SQLiteDialect(Dialect):
             "IS DISTINCT FROM", "IS NOT")
 
     def create_indexes_sql(self, model, indexes, editor):
-        # the sorter may use a second thread (a larger page cache did not help: measured)
-        return ["PRAGMA threads=2", *super().create_indexes_sql(model, indexes, editor)]
+        # the sorter may use a second thread (a larger page cache did not help: measured),
+        # and spills to a file: in memory, its runs would grow with the table
+        return ["PRAGMA threads=2", "PRAGMA temp_store=FILE",
+                *super().create_indexes_sql(model, indexes, editor)]
 
 
 class PostgresDialect(Dialect):
