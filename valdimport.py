@@ -70,6 +70,10 @@ class UsageError(ValdImportError):
     exit_code = EXIT_USAGE
 
 
+class MissingDriver(UsageError):
+    """The database engine chosen needs a driver that is not installed."""
+
+
 class RejectedLine(ValueError):
     """A data line that cannot be imported; the message is the reason."""
 
@@ -4540,6 +4544,7 @@ def describe_database(using: str = DEFAULT_DB_ALIAS) -> str:
 def connect_database(using: str = DEFAULT_DB_ALIAS):
     """The connection of ``using``, checked to answer (else one clear line)."""
     from django.core.exceptions import ImproperlyConfigured
+    require_driver(connections.settings[using]["ENGINE"])
     try:
         connection = connections[using]
         connection.ensure_connection()
@@ -4565,6 +4570,7 @@ def prepare_database(using: str = DEFAULT_DB_ALIAS, retries: int = 5):
 def require_schema(using: str = DEFAULT_DB_ALIAS):
     """The operations never create a database or its tables: they refuse one without them
     (a mistyped SQLite path or database name, say)."""
+    require_driver(connections.settings[using]["ENGINE"])
     settings = connections[using].settings_dict
     name = str(settings["NAME"])
     if (connections[using].vendor == "sqlite" and name not in ("", ":memory:")
@@ -5210,6 +5216,26 @@ def confirm(question: str, yes: bool, refusal: str):
 
 SUPPORTED_ENGINES = {"django.db.backends.sqlite3", "django.db.backends.postgresql",
                      "django.db.backends.mysql"}
+DRIVERS = {  # engine -> (the modules that can drive it, the extra that installs one)
+    "django.db.backends.postgresql": (("psycopg2", "psycopg"), "postgres"),
+    "django.db.backends.mysql": (("MySQLdb",), "mysql"),
+}
+
+
+def require_driver(engine: str):
+    """Refuse an engine whose driver is not installed, naming the extra that installs it
+    (the base install is what SQLite needs: no driver that compiles)."""
+    import importlib
+    modules, extra = DRIVERS.get(engine, ((), None))
+    for module in modules:
+        try:
+            importlib.import_module(module)
+            return
+        except ImportError as error:
+            reason = _first_line(error)
+    if modules:
+        raise MissingDriver(f"{extra} needs its database driver, which is not installed ({reason}): "
+                            f"pip install 'valdimport[{extra}]' (in a checkout: pip install -e '.[{extra}]')")
 
 
 def database_settings(url: str) -> dict:
@@ -5233,6 +5259,7 @@ def database_settings(url: str) -> dict:
         options.setdefault("local_infile", True)  # LOAD DATA LOCAL INFILE, the fast path
         # Strict mode: MySQL refuses bad values instead of silently truncating them.
         options.setdefault("init_command", "SET sql_mode='STRICT_TRANS_TABLES'")
+    require_driver(config["ENGINE"])
     return config
 
 
