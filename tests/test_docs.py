@@ -1,5 +1,6 @@
 """The README stays true: CI runs its test command, and it lists every option."""
 import argparse
+import os
 import re
 
 import valdimport as vi
@@ -16,8 +17,13 @@ def quick_start_commands():
 def test_ci_runs_exactly_the_readme_test_command():
     install_and_import, test = quick_start_commands()
     ci_lines = (ROOT / ".ci" / "run").read_text().strip().splitlines()
-    assert ci_lines[-1] == test
-    assert "pytest" in test and "import --file tests/data/sample.dat.gz" in install_and_import
+    assert ci_lines[-1] == test == "./scripts/test"
+    assert [line for line in ci_lines if line and not line.startswith("#")][-2:] == [
+        "export CI=true", test]  # nothing else runs between
+    script = (ROOT / "scripts" / "test").read_text()
+    assert os.access(ROOT / "scripts" / "test", os.X_OK)
+    assert script.rstrip().endswith('exec .venv/bin/python -m pytest "$@"')
+    assert "import --file tests/data/sample.dat.gz" in install_and_import
 
 
 def table_rows(heading):
