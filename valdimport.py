@@ -26,6 +26,7 @@ import hashlib
 import io
 import itertools
 import json
+import logging
 import lzma
 import math
 import os
@@ -38,7 +39,7 @@ import time
 import xml.etree.ElementTree as ET
 import zlib
 from collections import Counter, deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from operator import itemgetter
 from pathlib import Path
 
@@ -53,15 +54,42 @@ except ImportError as error:  # --help still answers; any command then says what
     BaseCommand, CommandError, DEFAULT_DB_ALIAS = object, Exception, "default"
     connections = transaction = np = None
 
+log = logging.getLogger("valdimport")  # notices (waiting for a lock, risks); the front ends show them
+log.addHandler(logging.NullHandler())  # a Python caller sees them only when it configures logging
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REJECTED = 0, 1, 2, 3
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 INTERRUPTED = "interrupted; rerun the same command to resume"
 
 
+def option(name: str) -> str:
+    """A placeholder for option ``name`` (an ImportOptions field, or ``file``, ``yes``,
+    ``database_url``) in a message: each front end renders it its own way, ``--skip-header``
+    on the command line, ``skip_header=N`` in Python (see ValdImportError.render)."""
+    return f"\x00{name}\x00"
+
+
+_OPTION = re.compile("\x00([a-z_]+)\x00")
+
+
+def render_options(text: str, form) -> str:
+    """``text`` with each option placeholder replaced by ``form(name)``."""
+    return _OPTION.sub(lambda match: form(match[1]), text)
+
+
 class ValdImportError(Exception):
-    """An error the user can fix; printed as one line, with ``exit_code``."""
+    """An error the user can fix; printed as one line, with ``exit_code``.
+
+    Its message names options through placeholders (see option()): ``str(error)`` gives
+    them as Python keyword arguments, ``render(form)`` as a front end spells them."""
 
     exit_code = EXIT_FAILED
+
+    def render(self, form) -> str:
+        return render_options(super().__str__(), form)
+
+    def __str__(self):
+        return self.render(python_option)
 
 
 class UsageError(ValdImportError):
@@ -72,6 +100,38 @@ class UsageError(ValdImportError):
 
 class MissingDriver(UsageError):
     """The database engine chosen needs a driver that is not installed."""
+
+
+class NoInput(UsageError):
+    """Standard input is a terminal: nothing is piped in, and no file was given."""
+
+
+class ConfirmationRequired(UsageError):
+    """A step that deletes data needs a confirmation, and none was given (see confirmed())."""
+
+
+class NotConfirmed(UsageError):
+    """The confirmation was asked for and refused: nothing was changed."""
+
+
+class Locked(UsageError):
+    """Another valdimport command is writing to the database."""
+
+
+class AnotherInput(UsageError):
+    """The transitions hold another input's: adding this one could store lines twice."""
+
+
+class NotADump(ValdImportError):
+    """The input is empty, or does not look like a VALD dump."""
+
+
+class RunStopped(ValdImportError):
+    """The most rejected lines allowed were reached; what was good is committed."""
+
+
+class DatabaseUnavailable(ValdImportError):
+    """Transient faults outlasted the retries."""
 
 
 class RejectedLine(ValueError):
@@ -2449,33 +2509,125 @@ def _merged(keys, ids, new_keys, new_ids):
 COMMANDS = {
     "import-states": "pass 1: store every distinct level of the dump once",
     "import-transitions": "pass 2: store every transition, linked to its levels",
-    "import": "both passes per batch in a single read of the input (for pipes)",
+    "import": "both passes per batch in a single read of the input",
 }
 WRITES_TRANSITIONS = {"import-transitions", "import"}
+COMPANIONS = {
+    "import-species": "import the VALD species list (VALD_list_of_species.csv)",
+    "import-linelists": "import the line lists (linelists.dat) and apply their methods",
+    "import-references": "import the BibTeX references (VALD3_ref.bib) and their XSAMS sources",
+    "import-hfs": "import the hyperfine constants (SQLite file with table AB), matched to the levels",
+}
+OPERATIONS = {
+    "verify": "check the database: links, duplicates, derived values, indexes; --file: the dump's counts",
+    "check-indexes": "list the declared indexes and constraints missing from the database; --fix creates them",
+    "runs": "list the import runs",
+    "rollback": "remove the transitions of a run and the levels no other transition uses",
+    "housekeeping": "ground states, missing Einstein A and planner statistics, after imports; "
+                    "--rebuild-xml: the references' XSAMS sources",
+}
+IMPORTS = tuple(COMMANDS)
+PASS_2 = tuple(c for c in COMMANDS if c in WRITES_TRANSITIONS)
+FILE_IMPORTS = IMPORTS + tuple(COMPANIONS)
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a number, 0 or more, not {text}")
+    return value
+
+
+@dataclass(frozen=True)
+class Flag:
+    """How an option is given to a command (CLI and Django), and to which commands."""
+
+    name: str  # --batch-size
+    help: str
+    commands: tuple  # those it does something for
+    metavar: str | None = None
+    type: object = None
+    short: str | None = None
+    required: bool = False
+    help_for: dict = field(default_factory=dict)  # command -> its own help text
+
+
+def _option(default, name, help, commands, **flag):
+    return field(default=default, metadata={"flag": Flag(name, help, tuple(commands), **flag)})
 
 
 @dataclass
 class ImportOptions:
-    batch_size: int = 10_000
-    skip_header: int = 2
-    skip_calc: bool = False
-    restart: bool = False
-    append: bool = False  # add to tables that hold another input's transitions
-    wait: bool = False  # wait for the database's lock instead of stopping
-    reject_file: str | None = None
-    max_errors: int | None = None
-    retries: int = 5
-    workers: int | None = None  # parser processes; None: default_workers()
-    fast: bool = False
-    clear: bool = False
-    yes: bool = False
-    dry_run: bool = False
-    skip_housekeeping: bool = False
-    verify: bool = False
-    summary_json: str | None = None
-    quiet: bool = False
-    energy_tolerance: float = 1.0  # import-hfs, cm-1
-    progress: bool | None = None  # None: when stderr is a terminal and not quiet
+    """The options of every command, each defined once with its default: the CLI and the
+    Django commands make their arguments from these fields (for the commands each does
+    something for, see Flag), the Python API takes them as keyword arguments."""
+
+    reject_file: str | None = _option(
+        None, "--reject-file", "where rejected lines go (default: INPUT.runN.rejects in the working "
+        "directory, or beside the SQLite database when it is not writable)", FILE_IMPORTS, metavar="PATH")
+    wait: bool = _option(False, "--wait", "when another valdimport command is writing to the database, "
+                         "wait for it to finish instead of stopping", FILE_IMPORTS)
+    summary_json: str | None = _option(None, "--summary-json", "also write the summary, with its phases, "
+                                       "as JSON to PATH", FILE_IMPORTS, metavar="PATH")
+    energy_tolerance: float = _option(1.0, "--energy-tolerance", "largest energy difference (cm-1) between "
+                                      "a row and its level", ["import-hfs"], metavar="CM",
+                                      type=non_negative_float)
+    batch_size: int = _option(10_000, "--batch-size", "records per transaction", [*IMPORTS, "housekeeping"],
+                              metavar="N", type=positive_int, help_for={
+                                  "housekeeping": "rows per transaction when computing Einstein A"})
+    skip_header: int = _option(2, "--skip-header", "header lines at the top of the dump",
+                               [*IMPORTS, "verify"], metavar="N", type=non_negative_int)
+    skip_calc: bool = _option(False, "--skip-calc", "do not compute Einstein A (leave it empty)",
+                              [*PASS_2, "housekeeping"],
+                              help_for={"housekeeping": "do not compute missing Einstein A"})
+    restart: bool = _option(False, "--restart", "import the whole input as a new run, ignoring earlier "
+                            "runs on it", IMPORTS)
+    append: bool = _option(False, "--append", "add this input's transitions to tables that hold another "
+                           "input's (a dump in several pieces)", PASS_2)
+    max_errors: int | None = _option(None, "--max-errors", "stop (after committing what is good) once N "
+                                     "lines were rejected", IMPORTS, metavar="N", type=positive_int)
+    retries: int = _option(5, "--retries", "retries of a batch after a lost connection, deadlock or lock, "
+                           "waiting longer each time", IMPORTS, metavar="N", type=non_negative_int)
+    workers: int | None = _option(None, "--workers", "processes that parse while the main one writes "
+                                  "(default: one less than the cores, at least 1; 0: parse in the main "
+                                  "process)", [*IMPORTS, "verify"], metavar="N", type=non_negative_int,
+                                  help_for={"verify": "processes that parse the dump (default: one less "
+                                                      "than the cores, at least 1)"})
+    dry_run: bool = _option(False, "--dry-run", "parse and check everything, write the reject file; "
+                            "touch no table", IMPORTS)
+    fast: bool = _option(False, "--fast", "first load into emptied tables: indexes built after, no crash "
+                         "safety until the end (needs --clear)", IMPORTS)
+    clear: bool = _option(False, "--clear", "empty the tables this command fills (and their runs) first",
+                          IMPORTS)
+    verify: bool = _option(False, "--verify", "run verify at the end (with the dump's counts when it is a "
+                           "file); exit 1 when a check fails", IMPORTS)
+    skip_housekeeping: bool = _option(False, "--skip-housekeeping", "leave out the housekeeping after the "
+                                      "import (ground states, missing Einstein A, statistics); run the "
+                                      "housekeeping command later", IMPORTS)
+    fix: bool = _option(False, "--fix", "create the missing ones", ["check-indexes"])
+    limit: int | None = _option(None, "--limit", "only the last N runs", ["runs"], metavar="N",
+                                type=positive_int)
+    run: int | None = _option(None, "--run", "the run to roll back (see the runs command)", ["rollback"],
+                              metavar="ID", type=positive_int, required=True)
+    rebuild_xml: bool = _option(False, "--rebuild-xml", "regenerate the XSAMS source of every reference "
+                                "first (after VALD_NODE_ID changed)", ["housekeeping"])
+    # chosen by the caller, not flags: the CLI and the Django commands set them
+    progress: bool = False  # a progress bar on stderr
+    confirm: object = None  # see confirmed(): None, True, or a function that asks
 
     CONTENT_OPTIONS = ("skip_header",)  # options a run must share to continue another
 
@@ -2483,6 +2635,37 @@ class ImportOptions:
     def from_mapping(cls, values: dict) -> "ImportOptions":
         names = cls.__dataclass_fields__
         return cls(**{k: v for k, v in values.items() if k in names and v is not None})
+
+    @staticmethod
+    def flags(command: str) -> list:
+        """(field, Flag) of the options ``command`` takes, in the order of --help."""
+        return [(f, f.metadata["flag"]) for f in fields(ImportOptions)
+                if "flag" in f.metadata and command in f.metadata["flag"].commands]
+
+
+FRONT_END_OPTIONS = {  # the options the front ends add: how Python callers say the same
+    "file": "a path as the source", "yes": "confirm=True", "database_url": "the DATABASES setting",
+}
+
+
+def python_option(name: str) -> str:
+    """An option as a Python caller gives it: ``clear=True``, ``skip_header``."""
+    if name in FRONT_END_OPTIONS:
+        return FRONT_END_OPTIONS[name]
+    return f"{name}=True" if ImportOptions.__dataclass_fields__[name].default is False else name
+
+
+def confirmed(confirm, question: str, what: str):
+    """Go on only with a confirmation: ``confirm`` is True (given beforehand, as --yes), or a
+    function that asks ``question`` and returns True or False (None: it could not ask).
+    The default, None, asks nothing: it raises ConfirmationRequired, naming ``what``."""
+    answer = confirm(question) if callable(confirm) else confirm
+    if answer is True:
+        return
+    if answer is False and callable(confirm):
+        raise NotConfirmed("not confirmed: nothing was changed")
+    raise ConfirmationRequired(f"{what} and needs a confirmation, and none could be asked for: "
+                               f"add {option('yes')} to run it unattended")
 
 
 @dataclass
@@ -2604,11 +2787,11 @@ class RunLedger:
                  .exclude(status=self.model.ROLLED_BACK).order_by("-id").first())
         if other is not None:
             name = "standard input" if self.input.name == "-" else self.input.name
-            raise UsageError(
+            raise AnotherInput(
                 f"the transitions table holds what run {other.id} imported ({other.command} "
                 f"{other.input_name}, {run_status(other)}) and {name} does not continue it: "
-                "adding it could store lines twice; --append adds its transitions to those, "
-                "--clear replaces them")
+                f"adding it could store lines twice; {option('append')} adds its transitions to "
+                f"those, {option('clear')} replaces them")
 
     def _resumable(self, run) -> bool:
         return run.command == self.command and run.status != self.model.COMPLETED
@@ -2737,7 +2920,7 @@ class RejectFile:
         if not os.access(directory, os.W_OK) or (
                 os.path.exists(self.path) and not os.access(self.path, os.W_OK)):
             raise UsageError(f"cannot write the reject file {self.path}: permission denied; "
-                             "choose another with --reject-file")
+                             f"choose another with {option('reject_file')}")
         self._file, self.written = None, 0
 
     def open(self, keep_through_line: int | None = None):
@@ -2824,7 +3007,7 @@ class Summary:
         """Records per second of this invocation (a resumed run counts what it added)."""
         return self.records_now / self.elapsed if self.elapsed > 0 else 0.0
 
-    def as_dict(self) -> dict:
+    def as_dict(self, form=python_option) -> dict:
         out = {k: v for k, v in self.__dict__.items() if k not in ("tally", "phases", "verified")}
         row = self.tally.as_row()
         counts = row.pop("counts")
@@ -2833,19 +3016,19 @@ class Summary:
         out["phases"] = [dict(phase=name, rows=rows, seconds=round(seconds, 3))
                          for name, rows, seconds in self.phases]
         if self.verified is not None:
-            out["verify"] = self.verified.as_dict()
+            out["verify"] = self.verified.as_dict(form)
         return out
 
-    def write_json(self, path: str):
-        """--summary-json: the summary for monitoring."""
+    def write_json(self, path: str, form=python_option):
+        """The summary as JSON, for monitoring."""
         try:
             with open(path, "w", encoding="utf-8") as f:
-                json.dump(self.as_dict(), f, indent=2, default=str)
+                json.dump(self.as_dict(form), f, indent=2, default=str)
         except OSError as error:
             raise UsageError(f"cannot write the summary to {path}: {error.strerror}; "
-                             "give a writable --summary-json path") from None
+                             f"choose another with {option('summary_json')}") from None
 
-    def table(self) -> str:
+    def table(self, form=python_option) -> str:
         t = self.tally
         skipped = ", ".join(f"{reason} {n:,}" for reason, n in sorted(t.skipped.items()))
         rows = [
@@ -2882,7 +3065,7 @@ class Summary:
         if self.phases:
             lines += ["", phase_table(self.phases, self.records_now, self.elapsed)]
         if self.verified is not None:
-            lines += ["", self.verified.table()]
+            lines += ["", self.verified.table(form)]
         return "\n".join(lines)
 
     @property
@@ -2946,10 +3129,6 @@ _LOCK_KEY = int.from_bytes(hashlib.sha256(b"valdimport").digest()[:8], "big", si
 _held_locks = {}  # alias -> the DatabaseLock this process holds
 
 
-class Locked(UsageError):
-    """Another valdimport command is writing to the database."""
-
-
 class DatabaseLock:
     """One valdimport command at a time writes to a database, from its start (the schema
     created or migrated) to its end.
@@ -2972,9 +3151,9 @@ class DatabaseLock:
             holder = self.holder()
             if not wait:
                 raise Locked(f"{holder} is writing to {describe_database(self.using)}; "
-                             "rerun with --wait to wait for it, or stop it first")
+                             f"rerun with {option('wait')} to wait for it, or stop it first")
             if not told:
-                print(f"valdimport: waiting for {holder} to finish (--wait)", file=sys.stderr)
+                log.info(f"waiting for {holder} to finish")
                 told = True
             time.sleep(LOCK_POLL)
 
@@ -3093,16 +3272,13 @@ def database_lock(using: str, wait: bool = False):
         lock.release()
 
 
-class RunStopped(ValdImportError):
-    """--max-errors was reached; what was good is committed."""
-
-
 def run_import(command: str, source: str = "-", *, using: str = DEFAULT_DB_ALIAS,
                options: ImportOptions | None = None) -> Summary:
     """Run one import command over ``source`` (a path or "-" for stdin) into database ``using``."""
     if command not in COMMANDS:
         raise UsageError(f"unknown command {command!r}")
     options = options or ImportOptions()
+    require_input(source)
     started = time.monotonic()
     if options.dry_run:
         summary = _dry_run(command, Input(source), using, options)
@@ -3130,19 +3306,24 @@ def run_import(command: str, source: str = "-", *, using: str = DEFAULT_DB_ALIAS
     return summary
 
 
+def require_input(source):
+    """Refuse to wait for standard input on a terminal: nothing is piped in."""
+    if source in ("-", None) and sys.stdin is not None and sys.stdin.isatty():
+        raise NoInput(f"there is no input: standard input is a terminal; give the input with "
+                      f"{option('file')}, or pipe it in")
+
+
 CLEARS = {"import-states": ("Transition", "State"), "import-transitions": ("Transition",),
           "import": ("Transition", "State")}  # the tables a command fills, and all that hangs on them
 
 
 def confirm_clear(command: str, options: "ImportOptions", warning: str = ""):
-    """Ask on the terminal before emptying tables, unless --yes; refuse when there is none."""
+    """Go on emptying the tables only with the caller's confirmation (see confirmed())."""
     tables = ", ".join(CLEARS[command]).lower().replace("transition", "transitions").replace(
         "state", "states")
     if warning:
-        print(warning, file=sys.stderr)
-    confirm(f"Empty {tables} and import? [y/N] ", options.yes,
-            f"--clear empties {tables} and asks for confirmation on a terminal, "
-            "and there is none: add --yes to run it unattended")
+        log.warning(warning)
+    confirmed(options.confirm, f"Empty {tables} and import? [y/N] ", f"{option('clear')} empties {tables}")
 
 
 def clear_tables(command: str, using: str):
@@ -3171,7 +3352,7 @@ class FastLoad:
     SQLite, corrupt the file).
     """
 
-    RISKS = ("--fast: the tables are emptied first; until the run ends, a crash or a killed "
+    RISKS = ("a fast load empties the tables first; until the run ends, a crash or a killed "
              "process can lose everything loaded (on SQLite, corrupt the database file), and "
              "queries on these tables are slow: their indexes are only built at the end.")
 
@@ -3183,8 +3364,9 @@ class FastLoad:
 
     def run(self) -> Summary:
         if not self.options.clear:
-            raise UsageError("--fast needs --clear: it loads into emptied tables; add --clear "
-                             "(it deletes what these tables hold) or leave out --fast")
+            raise UsageError(f"{option('fast')} needs {option('clear')}: it loads into emptied tables; "
+                             f"add {option('clear')} (it deletes what these tables hold) or leave out "
+                             f"{option('fast')}")
         confirm_clear(self.command, self.options, self.RISKS)
         prepare_database(self.using, self.options.retries)
         writer = Writer.for_alias(self.using)
@@ -3206,8 +3388,8 @@ class FastLoad:
         """Levels checked: none may be stored twice."""
         duplicates = duplicate_levels(self.using)
         if duplicates:
-            raise ValdImportError(f"{duplicates:,} levels are stored twice after the "
-                                  "--fast load: rerun it with --fast --clear, or without --fast")
+            raise ValdImportError(f"{duplicates:,} levels are stored twice after the fast load: rerun "
+                                  f"it with {option('fast')} {option('clear')}, or without {option('fast')}")
         from node_atom.models import State
         return State.objects.using(self.using).count()
 
@@ -3231,11 +3413,12 @@ def _import_input(command, inp, using, options) -> Summary:
                 raise UsageError(
                     f"standard input differs from the input of run {ledger.candidate.id} (same "
                     f"first bytes, different before line {mismatch.line:,}): it is another input; "
-                    "--clear replaces what is imported with it, --restart adds all of it as a new "
-                    "run; or give it with --file to compare it with every earlier run") from None
+                    f"{option('clear')} replaces what is imported with it, {option('restart')} adds all "
+                    f"of it as a new run; or give it with {option('file')} to compare it with every "
+                    "earlier run") from None
             inp.reopen()
         except RunStopped:
-            ledger.finish_quietly(ledger.model.STOPPED, run.tally, "stopped by --max-errors")
+            ledger.finish_quietly(ledger.model.STOPPED, run.tally, "stopped: the most rejected lines allowed")
             raise
         except KeyboardInterrupt:
             ledger.finish_quietly(ledger.model.STOPPED, None, "interrupted")
@@ -3274,10 +3457,6 @@ def with_retries(using: str, retries: int, work, already_done=None, on_retry=Non
                 on_retry(error)
             reconnect(using)
             time.sleep(min(30.0, RETRY_DELAY * 2 ** (attempt - 1)))
-
-
-class DatabaseUnavailable(ValdImportError):
-    """Transient faults outlasted --retries."""
 
 
 class BatchImport:
@@ -3403,7 +3582,7 @@ class BatchImport:
                          transitions=self.tally.transitions - before.transitions)
         limit = self.options.max_errors
         if limit and self.tally.rejected >= limit and self.tally.rejected > before.rejected:
-            raise RunStopped(f"stopped after {self.tally.rejected:,} rejected lines (--max-errors "
+            raise RunStopped(f"stopped after {self.tally.rejected:,} rejected lines ({option('max_errors')} "
                              f"{limit}); lines up to {batch.committed_line:,} are committed, the "
                              f"rejects are in {self.rejects.path}")
 
@@ -3674,13 +3853,13 @@ def _check_dump(inp: Input, valid: list):
              for line in inp.head.split(b"\n", 3)[:3] if line.strip()]
     why = (f"{len(valid) - good:,} of its first {len(valid):,} data lines are rejected" if good
            else f"none of its first {len(valid):,} data lines is valid" if valid else "it has no data line")
-    raise ValdImportError(f"this does not look like a VALD dump (first lines: "
-                          f"{', '.join(map(repr, first))}): {why}; check the input (and --skip-header)")
+    raise NotADump(f"this does not look like a VALD dump (first lines: "
+                   f"{', '.join(map(repr, first))}): {why}; check the input (and {option('skip_header')})")
 
 
 def empty_input(inp: Input) -> ValdImportError:
     name = "standard input" if inp.name == "-" else inp.name
-    return ValdImportError(f"the input is empty ({name}: 0 bytes): nothing to import; when it "
+    return NotADump(f"the input is empty ({name}: 0 bytes): nothing to import; when it "
                            "comes through a pipe, the command feeding it probably failed")
 
 
@@ -3849,8 +4028,7 @@ def _dry_run(command, inp, using, options) -> Summary:
 
 def _progress_bar(inp, options):
     from tqdm import tqdm
-    enabled = options.progress if options.progress is not None else (
-        not options.quiet and sys.stderr.isatty())
+    enabled = options.progress
     if inp.size:
         return tqdm(total=inp.size, unit="B", unit_scale=True, disable=not enabled,
                     file=sys.stderr, desc=os.path.basename(inp.name))
@@ -3896,18 +4074,14 @@ ELEMENTS = ("H He Li Be B C N O F Ne Na Mg Al Si P S Cl Ar K Ca Sc Ti V Cr Mn Fe
 SPECIES_HEADER = ("Use", "Index", "Name", "Charge", "InChI", "InChIkey", "Mass", "Ion. en.",
                   "Fract.", "Num. comp.", "N1", "N2", "N3", "N4", "Dummy")
 _ATOM_NAME = re.compile(r"(\d*)([A-Z][a-z]?)\b")
-COMPANIONS = {
-    "import-species": "import the VALD species list (VALD_list_of_species.csv)",
-    "import-linelists": "import the line lists (linelists.dat) and apply their methods",
-    "import-references": "import the BibTeX references (VALD3_ref.bib) and their XSAMS sources",
-    "import-hfs": "import the hyperfine constants (SQLite file with table AB), matched to the levels",
-}
 
 
 def run_companion(command: str, source: str = "-", *, using: str = DEFAULT_DB_ALIAS,
                   options: ImportOptions | None = None) -> Summary:
     """Import one companion file in one transaction; returns its summary."""
     options = options or ImportOptions()
+    if command != "import-hfs":  # which says that it needs a file
+        require_input(source)
     connect_database(using)
     with database_lock(using, options.wait), writable(using):
         return _import_companion(command, source, using, options)
@@ -4304,7 +4478,7 @@ class HyperfineFile:
     def __init__(self, path: str, tolerance: float = 1.0):
         import sqlite3
         if path in (None, "-"):
-            raise UsageError("import-hfs reads an SQLite file, not standard input: give it with --file")
+            raise UsageError(f"import-hfs reads an SQLite file, not standard input: give it with {option('file')}")
         self.path, self.tolerance = str(path), tolerance
         try:
             open(self.path, "rb").close()
@@ -4553,7 +4727,7 @@ def connect_database(using: str = DEFAULT_DB_ALIAS):
         raise UsageError(f"cannot use the database: {reason}") from None
     except Exception as error:
         raise UsageError(f"cannot connect to {describe_database(using)}: {_first_line(error)}; "
-                         "is the server running, and are --database-url / DATABASE_URL right?") from None
+                         f"is the server running, and is {option('database_url')} right?") from None
     return connection
 
 
@@ -4575,14 +4749,14 @@ def require_schema(using: str = DEFAULT_DB_ALIAS):
     name = str(settings["NAME"])
     if (connections[using].vendor == "sqlite" and name not in ("", ":memory:")
             and not name.startswith("file:") and not os.path.exists(name)):
-        raise UsageError(f"there is no SQLite database {name}: check --database-url / "
-                         "DATABASE_URL (the import commands create it)")
+        raise UsageError(f"there is no SQLite database {name}: check {option('database_url')} "
+                         "(the import commands create it)")
     connection = connect_database(using)
     if _migration_plan(connection):
         from django.db.migrations.recorder import MigrationRecorder
         if not MigrationRecorder(connection).applied_migrations():
             raise UsageError(f"{describe_database(using)} holds no valdimport tables: check "
-                             "--database-url / DATABASE_URL (the import commands create them)")
+                             f"{option('database_url')} (the import commands create them)")
         raise UsageError(f"the tables of {describe_database(using)} are older than this "
                          "valdimport: an import command (or manage.py migrate) updates them")
 
@@ -4604,8 +4778,7 @@ def writable(using: str):
             raise
         raise UsageError(f"cannot write to {describe_database(using)}: {_first_line(driver_error(error))}; "
                          "make it writable (file permissions, the server's read-only mode, "
-                         "the user's privileges) or choose another with --database-url / "
-                         "DATABASE_URL") from error
+                         f"the user's privileges) or choose another with {option('database_url')}") from error
 
 
 def _first_line(error) -> str:
@@ -4659,7 +4832,7 @@ def update_ground_states(using: str = DEFAULT_DB_ALIAS) -> int:
 
 
 def housekeeping(using: str = DEFAULT_DB_ALIAS, *, skip_calc: bool = False,
-                 batch_size: int = 10_000, rebuild_xml: bool = False) -> list:
+                 batch_size: int = ImportOptions.batch_size, rebuild_xml: bool = False) -> list:
     """After an import: ground states, Einstein A still missing, planner statistics; with
     ``rebuild_xml``, the XSAMS sources of the references first.
 
@@ -4672,7 +4845,7 @@ def housekeeping(using: str = DEFAULT_DB_ALIAS, *, skip_calc: bool = False,
         timed_phase("statistics", lambda: analyze_tables(using))]
 
 
-def fill_einstein_a(using: str = DEFAULT_DB_ALIAS, batch_size: int = 10_000) -> int:
+def fill_einstein_a(using: str = DEFAULT_DB_ALIAS, batch_size: int = ImportOptions.batch_size) -> int:
     """Compute Einstein A where it is missing and computable, a batch of rows at a time."""
     q = connections[using].ops.quote_name
     select = (f"SELECT t.id, t.loggf, u.{q('J_scaled')}, t.wave FROM transitions t "
@@ -4750,17 +4923,30 @@ class Report:
     ok: bool = True
     data: object = None  # the JSON form of the rows, when not just rows by column
 
-    def table(self) -> str:
-        body = format_table(self.columns, self.rows) if self.rows else "  (none)"
-        return "\n".join(part for part in (self.title, body, self.verdict) if part)
+    def table(self, form=python_option) -> str:
+        """The report as text, its options spelt by ``form`` (see option())."""
+        body = format_table(self.columns, rendered(self.rows, form)) if self.rows else "  (none)"
+        return "\n".join(part for part in (self.title, body, render_options(self.verdict, form)) if part)
 
-    def as_dict(self) -> dict:
+    def as_dict(self, form=python_option) -> dict:
         rows = self.data if self.data is not None else [dict(zip(self.columns, r)) for r in self.rows]
-        return {"title": self.title, "ok": self.ok, "verdict": self.verdict, "rows": rows}
+        return rendered({"title": self.title, "ok": self.ok, "verdict": self.verdict, "rows": rows}, form)
 
 
-def verify(using: str = DEFAULT_DB_ALIAS, *, dump: str | None = None, skip_header: int = 2,
-           workers: int | None = None, progress: bool | None = None) -> Report:
+def rendered(value, form):
+    """``value`` (text, or lists and dicts of it) with its option placeholders spelt by ``form``."""
+    if isinstance(value, str):
+        return render_options(value, form)
+    if isinstance(value, (list, tuple)):
+        return [rendered(v, form) for v in value]
+    if isinstance(value, dict):
+        return {k: rendered(v, form) for k, v in value.items()}
+    return value
+
+
+def verify(using: str = DEFAULT_DB_ALIAS, *, dump: str | None = None,
+           skip_header: int = ImportOptions.skip_header, workers: int | None = None,
+           progress: bool = False) -> Report:
     """Check the database: links, uniqueness, derived values, indexes, and the dump's counts."""
     checks = database_checks(using)
     checks.append(reference_check(using))
@@ -4814,7 +5000,7 @@ def database_checks(using: str) -> list[Check]:
         ("levels whose species is missing", "import-species",
          failing("states s", "NOT EXISTS (SELECT 1 FROM species sp WHERE sp.id = s.species_id)",
                  *level), ()),
-        ("levels stored twice (species, energy, J)", "check-indexes --fix after removing the copies",
+        ("levels stored twice (species, energy, J)", f"check-indexes {option('fix')} after removing the copies",
          None, ()),
         ("levels whose key disagrees with energy or J", "reimport these levels",
          failing("states s", f"s.energy_scaled <> ROUND(s.energy * 10000) OR "
@@ -4833,11 +5019,11 @@ def database_checks(using: str) -> list[Check]:
                  "t.autoionized = %s AND t.waveritz IS NOT NULL "
                  f"AND u.energy_scaled <> l.energy_scaled AND {ritz_off}",
                  ("t.id", "t.species_id", "t.waveritz", "l.energy", "u.energy"), _name_ritz), (False,)),
-        ("references without the XSAMS source of this node", "housekeeping --rebuild-xml",
+        ("references without the XSAMS source of this node", f"housekeeping {option('rebuild_xml')}",
          failing("refs r", "r.xml IS NULL OR SUBSTR(r.xml, 1, %s) <> %s", ("r.id",),
                  lambda row: f"reference {row[0]}"), (len(source_prefix), source_prefix)),
         ("levels whose hyperfine constants differ from the last import-hfs",
-         "import-hfs --file AB.db: it sets the constants of every level",
+         "import-hfs with the AB file: it sets the constants of every level",
          (f"SELECT ({hfs_levels[0]}) + (SELECT COUNT(*) FROM hfs_matches m WHERE NOT EXISTS "
           "(SELECT 1 FROM states s WHERE s.id = m.state_id))", *hfs_levels[1:]), ()),
     ]
@@ -5003,7 +5189,7 @@ def missing_indexes(using: str = DEFAULT_DB_ALIAS, declared=None) -> list[Declar
 
 def index_check(using: str) -> Check:
     missing = missing_indexes(using)
-    return Check("declared indexes and constraints missing", len(missing), "check-indexes --fix",
+    return Check("declared indexes and constraints missing", len(missing), f"check-indexes {option('fix')}",
                  ", ".join(d.name for d in missing))
 
 
@@ -5025,15 +5211,15 @@ def check_indexes(using: str = DEFAULT_DB_ALIAS, *, fix: bool = False) -> Report
         verdict = f"created {len(missing)} missing: " + ", ".join(sorted(missing))
     else:
         verdict = (f"{len(missing)} of {len(declared)} missing: " + ", ".join(sorted(missing))
-                   + "; run check-indexes --fix to create them")
+                   + f"; run check-indexes {option('fix')} to create them")
     return Report(f"check-indexes: {describe_database(using)}",
                   ("table", "index", "columns", "kind", "status"), rows, verdict, fix or not missing)
 
 
 # Verify against the dump -----------------------------------------------------
 
-def dump_check(using: str, dump: str, skip_header: int = 2, workers: int | None = None,
-               progress: bool | None = None) -> Check:
+def dump_check(using: str, dump: str, skip_header: int = ImportOptions.skip_header,
+               workers: int | None = None, progress: bool = False) -> Check:
     """Per species: the dump's data lines (less those the database refused) = transitions stored."""
     inp = Input(dump)
     runs = _runs_of_input(using, inp)
@@ -5133,13 +5319,14 @@ def _duration(run) -> str:
     return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min {seconds:02d} s"
 
 
-def rollback_run(using: str = DEFAULT_DB_ALIAS, run_id: int = 0, *, yes: bool = False) -> Report:
-    """Remove the transitions of a run and the levels it stored that no transition uses."""
+def rollback_run(using: str = DEFAULT_DB_ALIAS, run_id: int = 0, *, confirm=None) -> Report:
+    """Remove the transitions of a run and the levels it stored that no transition uses;
+    only with a confirmation (``confirm``: True, or a function that asks; see confirmed())."""
     from node_common.models import ImportRun
     run = _run_to_roll_back(using, run_id)
-    confirm(f"Delete the transitions and unused levels of run {run.id} ({run.command} "
-            f"{run.input_name}, {run.imported:,} records)? [y/N] ", yes,
-            "rollback asks for confirmation on a terminal, and there is none: add --yes")
+    confirmed(confirm, f"Delete the transitions and unused levels of run {run.id} ({run.command} "
+                       f"{run.input_name}, {run.imported:,} records)? [y/N] ",
+              f"rolling back run {run.id} deletes its transitions")
     dialect = Dialect.for_alias(using)
     with transaction.atomic(using=using), connections[using].cursor() as cursor:
         cursor.execute("DELETE FROM transitions WHERE run_id = %s", [run.id])
@@ -5197,28 +5384,13 @@ def _delete_placeholder_species(using, cursor, ids) -> int:
     return cursor.rowcount
 
 
-def confirm(question: str, yes: bool, refusal: str):
-    """Ask on the terminal (stdin may be the dump), unless ``yes``; refuse without one."""
-    if yes:
-        return
-    try:
-        with open("/dev/tty", "r+") as tty:
-            tty.write(question)
-            tty.flush()
-            answer = tty.readline().strip().lower()
-    except OSError:
-        raise UsageError(refusal) from None
-    if answer not in ("y", "yes"):
-        raise UsageError("not confirmed: nothing was changed")
-
-
 # ------------------------------------------------------------------- CLI ----
 
 SUPPORTED_ENGINES = {"django.db.backends.sqlite3", "django.db.backends.postgresql",
                      "django.db.backends.mysql"}
-DRIVERS = {  # engine -> (the modules that can drive it, the extra that installs one)
-    "django.db.backends.postgresql": (("psycopg2", "psycopg"), "postgres"),
-    "django.db.backends.mysql": (("MySQLdb",), "mysql"),
+DRIVERS = {  # engine -> (the modules that can drive it, the extra that installs one, its package)
+    "django.db.backends.postgresql": (("psycopg2", "psycopg"), "postgres", "psycopg2-binary"),
+    "django.db.backends.mysql": (("MySQLdb",), "mysql", "mysqlclient"),
 }
 
 
@@ -5226,7 +5398,7 @@ def require_driver(engine: str):
     """Refuse an engine whose driver is not installed, naming the extra that installs it
     (the base install is what SQLite needs: no driver that compiles)."""
     import importlib
-    modules, extra = DRIVERS.get(engine, ((), None))
+    modules, extra, package = DRIVERS.get(engine, ((), None, None))
     for module in modules:
         try:
             importlib.import_module(module)
@@ -5234,7 +5406,7 @@ def require_driver(engine: str):
         except ImportError as error:
             reason = _first_line(error)
     if modules:
-        raise MissingDriver(f"{extra} needs its database driver, which is not installed ({reason}): "
+        raise MissingDriver(f"{extra} needs the database driver {package}, which is not installed ({reason}): "
                             f"pip install 'valdimport[{extra}]' (in a checkout: pip install -e '.[{extra}]')")
 
 
@@ -5283,194 +5455,186 @@ def configure_django(database_url: str | None = None):
     django.setup()
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    value = float(text)
-    if not 0 <= value < math.inf:
-        raise argparse.ArgumentTypeError(f"must be a number, 0 or more, not {text}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
-    return value
-
-
 def run_command(command: str, source: str = "-", *, using: str = DEFAULT_DB_ALIAS,
-                options: ImportOptions | None = None) -> Summary:
-    """Run any import command by its CLI name."""
+                options: ImportOptions | None = None, form=python_option) -> Summary:
+    """Run any import command by its name; with ``options.summary_json``, write the summary there."""
     run = run_companion if command in COMPANIONS else run_import
     if options is not None and options.summary_json:
         folder = os.path.dirname(os.path.abspath(options.summary_json))
         if not os.access(folder, os.W_OK):
             raise UsageError(f"cannot write the summary to {options.summary_json}: no writable "
-                             f"folder {folder}; give a writable --summary-json path")
+                             f"folder {folder}; choose another with {option('summary_json')}")
     summary = run(command, source, using=using, options=options)
     if options is not None and options.summary_json:
-        summary.write_json(options.summary_json)
+        summary.write_json(options.summary_json, form)
     return summary
 
 
-def add_import_arguments(parser, companion: bool = False, command: str | None = None):
-    """The options of the import commands, in the CLI and in Django."""
-    parser.add_argument("--file", "-f", default="-", metavar="PATH",
-                        help="the input: plain, gzip, bzip2 or xz (default: standard input)")
-    parser.add_argument("--reject-file", metavar="PATH",
-                        help="where rejected lines go (default: INPUT.runN.rejects in the working "
-                             "directory, or beside the SQLite database when it is not writable)")
-    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
-    parser.add_argument("--wait", action="store_true",
-                        help="when another valdimport command is writing to the database, wait "
-                             "for it to finish instead of stopping")
-    parser.add_argument("--summary-json", metavar="PATH",
-                        help="also write the summary, with its phases, as JSON to PATH")
-    if command == "import-hfs":
-        parser.add_argument("--energy-tolerance", type=non_negative_float, default=1.0, metavar="CM",
-                            help="largest energy difference (cm-1) between a row and its level "
-                                 "(default: 1.0)")
-    if companion:
-        return
-    parser.add_argument("--batch-size", type=positive_int, default=10_000, metavar="N",
-                        help="records per transaction (default: 10000)")
-    parser.add_argument("--skip-header", type=non_negative_int, default=2, metavar="N",
-                        help="header lines at the top of the dump (default: 2)")
-    parser.add_argument("--skip-calc", action="store_true",
-                        help="do not compute Einstein A (leave it empty)")
-    parser.add_argument("--restart", action="store_true",
-                        help="import the whole input as a new run, ignoring earlier runs on it")
-    parser.add_argument("--append", action="store_true",
-                        help="add this input's transitions to tables that hold another input's "
-                             "(a dump in several pieces)")
-    parser.add_argument("--max-errors", type=positive_int, metavar="N",
-                        help="stop (after committing what is good) once N lines were rejected")
-    parser.add_argument("--retries", type=non_negative_int, default=5, metavar="N",
-                        help="retries of a batch after a lost connection, deadlock or lock "
-                             "(default: 5, with exponential backoff)")
-    parser.add_argument("--workers", type=non_negative_int, metavar="N",
-                        help="processes that parse while the main one writes (default: one "
-                             "less than the cores, at least 1; 0: parse in the main process)")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="parse and check everything, write the reject file; touch no table")
-    parser.add_argument("--fast", action="store_true",
-                        help="first load into emptied tables: indexes built after, no crash "
-                             "safety until the end (needs --clear)")
-    parser.add_argument("--clear", action="store_true",
-                        help="empty the tables this command fills (and their runs) first")
-    parser.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
-    parser.add_argument("--verify", action="store_true",
-                        help="run verify at the end (with the dump's counts when it is a file); "
-                             "exit 1 when a check fails")
-    parser.add_argument("--skip-housekeeping", action="store_true",
-                        help="leave out the housekeeping after the import (ground states, missing "
-                             "Einstein A, statistics); run the housekeeping command later")
-
-
-OPERATIONS = {
-    "verify": "check the database: links, duplicates, derived values, indexes; --file: the dump's counts",
-    "check-indexes": "list the declared indexes and constraints missing from the database; --fix creates them",
-    "runs": "list the import runs",
-    "rollback": "remove the transitions of a run and the levels no other transition uses",
-    "housekeeping": "ground states, missing Einstein A and planner statistics, after imports; "
-                    "--rebuild-xml: the references' XSAMS sources",
-}
-
-
-def add_operation_arguments(parser, command: str):
-    """The options of the operations, in the CLI and in Django."""
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    if command == "verify":
-        parser.add_argument("--file", "-f", metavar="DUMP",
-                            help="also compare the transitions per species with this dump")
-        parser.add_argument("--skip-header", type=non_negative_int, default=2, metavar="N",
-                            help="header lines at the top of the dump (default: 2)")
-        parser.add_argument("--workers", type=non_negative_int, metavar="N",
-                            help="processes that parse the dump (default: cores - 1)")
-        parser.add_argument("--quiet", "-q", action="store_true",
-                            help="no progress bar while reading the dump")
-    elif command == "check-indexes":
-        parser.add_argument("--fix", action="store_true", help="create the missing ones")
-    elif command == "runs":
-        parser.add_argument("--limit", type=positive_int, metavar="N", help="only the last N runs")
-    elif command == "rollback":
-        parser.add_argument("--run", type=positive_int, required=True, metavar="ID",
-                            help="the run to roll back (see the runs command)")
-        parser.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
-    elif command == "housekeeping":
-        parser.add_argument("--skip-calc", action="store_true", help="do not compute missing Einstein A")
-        parser.add_argument("--batch-size", type=positive_int, default=10_000, metavar="N",
-                            help="rows per transaction when computing Einstein A (default: 10000)")
-        parser.add_argument("--rebuild-xml", action="store_true",
-                            help="regenerate the XSAMS source of every reference (after "
-                                 "VALD_NODE_ID changed)")
-
-
-def run_operation(command: str, using: str = DEFAULT_DB_ALIAS, options: dict | None = None) -> Report:
-    """Run an operation by its CLI name with its options (as parsed); returns its report."""
-    options = options or {}
+def run_operation(command: str, using: str = DEFAULT_DB_ALIAS, options: ImportOptions | None = None,
+                  *, file: str | None = None) -> Report:
+    """Run an operation by its name with its options; returns its report (``file``: the dump
+    verify compares with)."""
+    options = options or ImportOptions()
     require_schema(using)
-    if command in ("rollback", "housekeeping") or command == "check-indexes" and options.get("fix"):
+    if command in ("rollback", "housekeeping") or command == "check-indexes" and options.fix:
         with database_lock(using), writable(using):
-            return _run_operation(command, using, options)
-    return _run_operation(command, using, options)
+            return _run_operation(command, using, options, file)
+    return _run_operation(command, using, options, file)
 
 
-def _run_operation(command: str, using: str, options: dict) -> Report:
+def _run_operation(command: str, using: str, options: ImportOptions, file: str | None) -> Report:
     if command == "verify":
-        return verify(using, dump=options.get("file"), skip_header=options.get("skip_header", 2),
-                      workers=options.get("workers"), progress=False if options.get("quiet") else None)
+        return verify(using, dump=file, skip_header=options.skip_header, workers=options.workers,
+                      progress=options.progress)
     if command == "check-indexes":
-        return check_indexes(using, fix=options.get("fix", False))
+        return check_indexes(using, fix=options.fix)
     if command == "runs":
-        return list_runs(using, limit=options.get("limit"))
+        return list_runs(using, limit=options.limit)
     if command == "rollback":
-        return rollback_run(using, options["run"], yes=options.get("yes", False))
+        return rollback_run(using, options.run, confirm=options.confirm)
     if command == "housekeeping":
         started = time.monotonic()
-        phases = housekeeping(using, skip_calc=options.get("skip_calc", False),
-                              batch_size=options.get("batch_size", 10_000),
-                              rebuild_xml=options.get("rebuild_xml", False))
+        phases = housekeeping(using, skip_calc=options.skip_calc, batch_size=options.batch_size,
+                              rebuild_xml=options.rebuild_xml)
         return Report(f"housekeeping: {describe_database(using)}", PHASE_COLUMNS,
                       phase_rows(phases), f"done in {time.monotonic() - started:.2f} s",
                       data=[dict(phase=n, rows=r, seconds=round(t, 3)) for n, r, t in phases])
     raise UsageError(f"unknown command {command!r}")
 
 
-def report_text(report: Report, as_json: bool) -> str:
-    return json.dumps(report.as_dict(), indent=2, default=str) if as_json else report.table()
+# The two front ends, the command line and the Django commands: their arguments, how they
+# spell the options in messages, progress bar, prompts, notices and errors.
+
+FILE_HELP = {  # --file, for the commands that read one
+    **dict.fromkeys(IMPORTS, "the dump: plain, gzip, bzip2 or xz (default: standard input)"),
+    "import-species": "the species list, VALD_list_of_species.csv (default: standard input)",
+    "import-linelists": "the line lists, linelists.dat (default: standard input)",
+    "import-references": "the BibTeX references, VALD3_ref.bib (default: standard input)",
+    "import-hfs": "the SQLite file with table AB (a file: SQLite cannot read a pipe)",
+    "verify": "also compare the transitions per species with this dump",
+}
+CONFIRMS = {  # the commands that ask before they delete (--yes)
+    **dict.fromkeys(IMPORTS, "do not ask for confirmation before emptying tables (--clear)"),
+    "rollback": "do not ask for confirmation",
+}
+FRONT_END_FLAGS = {"file": "--file", "yes": "--yes", "database_url": "--database-url / DATABASE_URL"}
+ALL_COMMANDS = {**COMMANDS, **COMPANIONS, **OPERATIONS}
 
 
-class ImportCommand(BaseCommand):
-    """Base of the Django management commands: parse options, delegate, report."""
+def add_command_arguments(parser, command: str):
+    """The options of ``command``, in the CLI and in Django: --file where it reads one, each
+    ImportOptions field that does something for it, --yes where it asks, --json for the
+    operations' reports."""
+    if command in FILE_HELP:
+        parser.add_argument("--file", "-f", metavar="DUMP" if command == "verify" else "PATH",
+                            default=None if command in OPERATIONS else "-", help=FILE_HELP[command])
+    for f, flag in ImportOptions.flags(command):
+        text = flag.help_for.get(command, flag.help)
+        if f.default is False:
+            parser.add_argument(flag.name, dest=f.name, action="store_true", help=text)
+            continue
+        if f.default is not None:
+            text += f" (default: {f.default})"
+        parser.add_argument(flag.name, dest=f.name, type=flag.type, default=f.default,
+                            metavar=flag.metavar, required=flag.required, help=text)
+    if command in CONFIRMS:
+        parser.add_argument("--yes", "-y", action="store_true", help=CONFIRMS[command])
+    if command in OPERATIONS:
+        parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def cli_option(name: str) -> str:
+    """An option as the command line spells it in messages: --skip-header."""
+    return FRONT_END_FLAGS.get(name) or ImportOptions.__dataclass_fields__[name].metadata["flag"].name
+
+
+def django_option(name: str) -> str:
+    """An option as the Django commands spell it: as the CLI, but their database is an alias."""
+    return "the DATABASES setting (--database)" if name == "database_url" else cli_option(name)
+
+
+def ask_on_terminal(question: str) -> bool | None:
+    """The front ends' confirmation: ask on the terminal (standard input may be the dump);
+    None when there is no terminal to ask on."""
+    try:
+        with open("/dev/tty", "r+") as tty:
+            tty.write(question)
+            tty.flush()
+            return tty.readline().strip().lower() in ("y", "yes")
+    except OSError:
+        return None
+
+
+def front_end_options(values: dict, verbosity: int) -> ImportOptions:
+    """ImportOptions from a front end's parsed arguments, with what a front end chooses: a
+    progress bar when stderr is a terminal (verbosity 1 or more), confirmations asked on the
+    terminal unless --yes."""
+    options = ImportOptions.from_mapping(values)
+    options.progress = verbosity >= 1 and sys.stderr.isatty()
+    options.confirm = True if values.get("yes") else ask_on_terminal
+    return options
+
+
+_notices = logging.StreamHandler()
+
+
+def show_notices(verbosity: int, stream):
+    """The library's notices on ``stream``: warnings always, the others from verbosity 1."""
+    _notices.setStream(stream)
+    _notices.setFormatter(logging.Formatter("valdimport: %(message)s"))
+    log.addHandler(_notices)
+    log.setLevel(logging.INFO if verbosity >= 1 else logging.WARNING)
+
+
+def report_text(report: Report, as_json: bool, form=python_option) -> str:
+    return json.dumps(report.as_dict(form), indent=2, default=str) if as_json else report.table(form)
+
+
+class _DjangoCommand(BaseCommand):
+    """What the Django commands share: their arguments and how they run and fail. Verbosity
+    as in the CLI: 0 no progress bar nor notices, 2 and more errors with their traceback."""
 
     command = None
 
     @property
     def help(self):
-        return {**COMMANDS, **COMPANIONS}[self.command]
+        return ALL_COMMANDS[self.command]
 
     def add_arguments(self, parser):
-        add_import_arguments(parser, companion=self.command in COMPANIONS, command=self.command)
+        add_command_arguments(parser, self.command)
         parser.add_argument("--database", default=DEFAULT_DB_ALIAS,
-                            help="the database alias to import into (default: default)")
+                            help="the database alias (default: default)")
 
-    def handle(self, *args, **options):
-        options["quiet"] = options["quiet"] or options["verbosity"] == 0
+    def run(self, options: dict, work):
+        """``work(ImportOptions)``; errors become one-line CommandErrors with their exit code."""
+        verbosity = options["verbosity"]
+        show_notices(verbosity, sys.stderr)
         try:
-            summary = run_command(self.command, options["file"], using=options["database"],
-                                  options=ImportOptions.from_mapping(options))
+            return work(front_end_options(options, verbosity))
         except ValdImportError as error:
-            raise CommandError(str(error), returncode=error.exit_code) from error
+            self._traceback(verbosity)
+            raise CommandError(error.render(django_option), returncode=error.exit_code) from error
         except KeyboardInterrupt:
             raise CommandError(INTERRUPTED, returncode=EXIT_INTERRUPTED) from None
-        print_output(summary.table(), self.stdout.write)
+        except Exception as error:
+            self._traceback(verbosity)
+            raise CommandError(_first_line(error) + ("" if verbosity >= 2 else " (-v 2 shows the traceback)"),
+                               returncode=EXIT_FAILED) from error
+
+    @staticmethod
+    def _traceback(verbosity: int):
+        if verbosity >= 2:
+            import traceback
+            traceback.print_exc()
+
+
+class ImportCommand(_DjangoCommand):
+    """Base of the Django import commands: parse options, delegate, report."""
+
+    def handle(self, *args, **options):
+        summary = self.run(options, lambda o: run_command(
+            self.command, options["file"], using=options["database"], options=o, form=django_option))
+        print_output(summary.table(django_option), self.stdout.write)
         if summary.exit_code == EXIT_FAILED:
             raise CommandError(summary.verified.verdict, returncode=EXIT_FAILED)
         if summary.tally.rejected:
@@ -5478,72 +5642,70 @@ class ImportCommand(BaseCommand):
                                returncode=EXIT_REJECTED)
 
 
-class OperationCommand(BaseCommand):
+class OperationCommand(_DjangoCommand):
     """Base of the Django commands verify, check_indexes, runs, rollback, housekeeping."""
 
-    command = None
-
-    @property
-    def help(self):
-        return OPERATIONS[self.command]
-
-    def add_arguments(self, parser):
-        add_operation_arguments(parser, self.command)
-        parser.add_argument("--database", default=DEFAULT_DB_ALIAS,
-                            help="the database alias (default: default)")
-
     def handle(self, *args, **options):
-        try:
-            report = run_operation(self.command, options["database"], options)
-        except ValdImportError as error:
-            raise CommandError(str(error), returncode=error.exit_code) from error
-        except KeyboardInterrupt:
-            raise CommandError(INTERRUPTED, returncode=EXIT_INTERRUPTED) from None
-        print_output(report_text(report, options["json"]), self.stdout.write)
+        report = self.run(options, lambda o: run_operation(self.command, options["database"], o,
+                                                            file=options.get("file")))
+        print_output(report_text(report, options["json"], django_option), self.stdout.write)
         if not report.ok:
-            raise CommandError(report.verdict, returncode=EXIT_FAILED)
+            raise CommandError(render_options(report.verdict, django_option), returncode=EXIT_FAILED)
+
+
+def add_global_arguments(parser, after_command: bool = False):
+    """--database-url, -v and -q: before the command, or after it (``after_command``: they
+    then leave what was given before alone)."""
+    unset = argparse.SUPPRESS if after_command else None
+    parser.add_argument("--database-url", metavar="URL", default=unset,
+                        help="sqlite:///PATH, postgres://USER@HOST:PORT/NAME or mysql://USER@HOST:PORT/NAME "
+                             "(default: $DATABASE_URL, else sqlite:///vald.sqlite3)")
+    parser.add_argument("-v", "--verbose", action="count", default=unset or 0,
+                        help="show the traceback of an error (verbosity 2, as manage.py -v 2)")
+    parser.add_argument("-q", "--quiet", action="store_true", default=unset or False,
+                        help="no progress bar and no notices (verbosity 0, as manage.py -v 0)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="valdimport.py", description="Load a VALD line dump into a VAMDC node database.",
-        epilog="Example: gunzip -c vald3.dat.gz | python valdimport.py import-states")
-    parser.add_argument("--database-url", metavar="URL",
-                        help="sqlite:///PATH, postgres://USER@HOST:PORT/NAME or "
-                             "mysql://USER@HOST:PORT/NAME (default: $DATABASE_URL, "
-                             "else sqlite:///vald.sqlite3)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks of errors")
+        prog="valdimport", description="Load a VALD line dump into a VAMDC node database.",
+        epilog="Example: gunzip -c vald3.dat.gz | valdimport import-states")
+    add_global_arguments(parser)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, help_text in {**COMMANDS, **COMPANIONS}.items():
-        add_import_arguments(commands.add_parser(name, help=help_text, description=help_text),
-                             companion=name in COMPANIONS, command=name)
-    for name, help_text in OPERATIONS.items():
-        add_operation_arguments(commands.add_parser(name, help=help_text, description=help_text), name)
+    for name, help_text in ALL_COMMANDS.items():
+        command = commands.add_parser(name, help=help_text, description=help_text)
+        add_command_arguments(command, name)
+        add_global_arguments(command.add_argument_group("global options (before or after the command)"),
+                             after_command=True)
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    verbosity = 0 if args.quiet else 1 + args.verbose
     if DJANGO_MISSING is not None:
         print(f"valdimport: error: {DJANGO_MISSING}: install valdimport and its dependencies first "
               "(python3 -m venv .venv && .venv/bin/pip install -e .) and run it with .venv/bin/python",
               file=sys.stderr)
         return EXIT_USAGE
+    show_notices(verbosity, sys.stderr)
     try:
         configure_django(args.database_url)
+        options = front_end_options(vars(args), verbosity)
         if args.command in OPERATIONS:
-            report = run_operation(args.command, DEFAULT_DB_ALIAS, vars(args))
-            print_output(report_text(report, args.json))
+            report = run_operation(args.command, DEFAULT_DB_ALIAS, options, file=args.file
+                                   if args.command == "verify" else None)
+            print_output(report_text(report, args.json, cli_option))
             return EXIT_OK if report.ok else EXIT_FAILED
-        summary = run_command(args.command, args.file, options=ImportOptions.from_mapping(vars(args)))
+        summary = run_command(args.command, args.file, options=options, form=cli_option)
     except ValdImportError as error:
-        return _fail(args, error, error.exit_code)
+        return _fail(verbosity, error.render(cli_option), error.exit_code)
     except KeyboardInterrupt:
         print(f"valdimport: {INTERRUPTED}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as error:
-        return _fail(args, error, EXIT_FAILED, hint=" (run with -v for the traceback)")
-    print_output(summary.table())
+        return _fail(verbosity, _first_line(error), EXIT_FAILED, hint=" (run with -v for the traceback)")
+    print_output(summary.table(cli_option))
     return summary.exit_code
 
 
@@ -5557,12 +5719,11 @@ def print_output(text: str, write=print):
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
-def _fail(args, error, code, hint=""):
-    if args.verbose:
+def _fail(verbosity: int, message: str, code: int, hint: str = "") -> int:
+    if verbosity >= 2:
         import traceback
         traceback.print_exc()
-    print(f"valdimport: error: {_first_line(error) if hint else error}{'' if args.verbose else hint}",
-          file=sys.stderr)
+    print(f"valdimport: error: {message}{'' if verbosity >= 2 else hint}", file=sys.stderr)
     return code
 
 

@@ -33,7 +33,9 @@ def table_rows(heading):
     return {first.strip(): rest for first, rest in rows}
 
 
-def options_of(parser):
+def options_of(command):
+    parser = argparse.ArgumentParser()
+    vi.add_command_arguments(parser, command)
     return [a.option_strings[0] for a in parser._actions if a.option_strings and a.dest != "help"]
 
 
@@ -44,9 +46,7 @@ def has_row(rows, option):
 def test_readme_documents_every_import_option():
     """Each option has its own row in the options table (a mention elsewhere does not count)."""
     rows = table_rows("### Options (every import command)")
-    parser = argparse.ArgumentParser()
-    vi.add_import_arguments(parser)
-    options = options_of(parser)
+    options = options_of("import")
     assert len(options) >= 8
     for option in options:
         assert has_row(rows, option), option
@@ -58,9 +58,7 @@ def test_readme_documents_every_companion_command_and_its_options():
     rows = table_rows("### Companion files")
     for command in vi.COMPANIONS:
         assert f"`{command}`" in rows and f"valdimport.py {command}" in README, command
-        parser = argparse.ArgumentParser()
-        vi.add_import_arguments(parser, companion=True, command=command)
-        options = options_of(parser)
+        options = options_of(command)
         assert len(options) >= 3
         for option in options:
             assert has_row(rows, option), (command, option)
@@ -71,9 +69,7 @@ def test_readme_documents_every_operation_and_its_options():
     rows = table_rows("## Operating a node: verify, runs, rollback, indexes, housekeeping")
     assert "all take `--json`" in README
     for command in vi.OPERATIONS:
-        parser = argparse.ArgumentParser()
-        vi.add_operation_arguments(parser, command)
         row = rows[f"`{command}`"]
-        for option in options_of(parser):
+        for option in options_of(command):
             if option != "--json":
                 assert re.search(rf"`{re.escape(option)}[ `]", row), (command, option)

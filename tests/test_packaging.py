@@ -43,7 +43,7 @@ def test_the_first_readme_command_names_no_extra_it_does_not_need():
 
 def test_the_drivers_the_engines_use_are_those_of_the_extras():
     assert set(vi.DRIVERS) == vi.SUPPORTED_ENGINES - {"django.db.backends.sqlite3"}
-    assert {extra for _, extra in vi.DRIVERS.values()} == set(DRIVERS)
+    assert {extra: package for _, extra, package in vi.DRIVERS.values()} == DRIVERS
 
 
 @pytest.mark.parametrize("scheme, modules, extra", [
@@ -55,11 +55,12 @@ def test_an_engine_whose_driver_is_missing_says_what_to_install(scheme, modules,
     hide = "; ".join(f"sys.modules[{m!r}] = None" for m in modules)
     code = f"import sys; {hide}; import valdimport; sys.exit(valdimport.main(sys.argv[1:]))"
     url = f"{scheme}://user@127.0.0.1:1/vald"
-    for args in (["--database-url", url, "runs"], ["--database-url", url, "import", "--file", "x.dat"]):
+    for args in (["--database-url", url, "runs"], ["import", "--file", "x.dat", "--database-url", url]):
         result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
                                 cwd=tmp_path, env=cli_env(), timeout=120)
         assert result.returncode == 2, result.stderr
-        assert result.stderr.startswith(f"valdimport: error: {extra} needs its database driver")
+        assert result.stderr.startswith(
+            f"valdimport: error: {extra} needs the database driver {DRIVERS[extra]}, which is not installed")
         assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
         assert f"pip install 'valdimport[{extra}]'" in result.stderr
     assert list(tmp_path.iterdir()) == []
