@@ -2504,7 +2504,7 @@ def _merged(keys, ids, new_keys, new_ids):
     return np.insert(keys, at, new_keys), np.insert(ids, at, new_ids)
 
 
-# ---------------------------------------------------------------- passes ----
+# --------------------------------------------------------------- options ----
 
 COMMANDS = {
     "import-states": "pass 1: store every distinct level of the dump once",
@@ -2668,6 +2668,439 @@ def confirmed(confirm, question: str, what: str):
                                f"add {option('yes')} to run it unattended")
 
 
+# -------------------------------------------------------------- database ----
+
+def _first_line(error) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def _one_line(error) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"
+
+
+def describe_database(using: str = DEFAULT_DB_ALIAS) -> str:
+    """Engine and location of a database, without its password."""
+    settings = connections[using].settings_dict
+    vendor = connections[using].vendor
+    if vendor == "sqlite":
+        return f"sqlite {settings['NAME']}"
+    host = settings.get("HOST") or "localhost"
+    port = f":{settings['PORT']}" if settings.get("PORT") else ""
+    user = f"{settings['USER']}@" if settings.get("USER") else ""
+    return f"{vendor} {user}{host}{port}/{settings['NAME']}"
+
+
+SUPPORTED_ENGINES = {"django.db.backends.sqlite3", "django.db.backends.postgresql",
+                     "django.db.backends.mysql"}
+DRIVERS = {  # engine -> (the modules that can drive it, the extra that installs one, its package)
+    "django.db.backends.postgresql": (("psycopg2", "psycopg"), "postgres", "psycopg2-binary"),
+    "django.db.backends.mysql": (("MySQLdb",), "mysql", "mysqlclient"),
+}
+
+
+def require_driver(engine: str):
+    """Refuse an engine whose driver is not installed, naming the extra that installs it
+    (the base install is what SQLite needs: no driver that compiles)."""
+    import importlib
+    modules, extra, package = DRIVERS.get(engine, ((), None, None))
+    for module in modules:
+        try:
+            importlib.import_module(module)
+            return
+        except ImportError as error:
+            reason = _first_line(error)
+    if modules:
+        raise MissingDriver(f"{extra} needs the database driver {package}, which is not installed ({reason}): "
+                            f"pip install 'valdimport[{extra}]' (in a checkout: pip install -e '.[{extra}]')")
+
+
+def connect_database(using: str = DEFAULT_DB_ALIAS):
+    """The connection of ``using``, checked to answer (else one clear line)."""
+    from django.core.exceptions import ImproperlyConfigured
+    require_driver(connections.settings[using]["ENGINE"])
+    try:
+        connection = connections[using]
+        connection.ensure_connection()
+    except ImproperlyConfigured as error:
+        reason = " ".join(str(error).split())  # Django's hint is on a second line
+        raise UsageError(f"cannot use the database: {reason}") from None
+    except Exception as error:
+        raise UsageError(f"cannot connect to {describe_database(using)}: {_first_line(error)}; "
+                         f"is the server running, and is {option('database_url')} right?") from None
+    return connection
+
+
+def prepare_database(using: str = DEFAULT_DB_ALIAS, retries: int = 5):
+    """Check that the database answers and create or migrate the schema when needed (the
+    import commands do, holding the database's lock)."""
+    plan = _migration_plan(connect_database(using))
+    if plan:
+        from django.core.management import call_command
+        with_retries(using, retries, lambda: call_command(
+            "migrate", database=using, interactive=False, verbosity=0))
+
+
+def require_schema(using: str = DEFAULT_DB_ALIAS):
+    """The operations never create a database or its tables: they refuse one without them
+    (a mistyped SQLite path or database name, say)."""
+    require_driver(connections.settings[using]["ENGINE"])
+    settings = connections[using].settings_dict
+    name = str(settings["NAME"])
+    if (connections[using].vendor == "sqlite" and name not in ("", ":memory:")
+            and not name.startswith("file:") and not os.path.exists(name)):
+        raise UsageError(f"there is no SQLite database {name}: check {option('database_url')} "
+                         "(the import commands create it)")
+    connection = connect_database(using)
+    if _migration_plan(connection):
+        from django.db.migrations.recorder import MigrationRecorder
+        if not MigrationRecorder(connection).applied_migrations():
+            raise UsageError(f"{describe_database(using)} holds no valdimport tables: check "
+                             f"{option('database_url')} (the import commands create them)")
+        raise UsageError(f"the tables of {describe_database(using)} are older than this "
+                         "valdimport: an import command (or manage.py migrate) updates them")
+
+
+def _migration_plan(connection) -> list:
+    from django.db.migrations.executor import MigrationExecutor
+    executor = MigrationExecutor(connection)
+    return executor.migration_plan(executor.loader.graph.leaf_nodes())
+
+
+@contextlib.contextmanager
+def writable(using: str):
+    """A database that refuses to be written (a read-only file, server or transaction) is
+    a matter of configuration: one clear line, exit 2, not a failure to resume."""
+    try:
+        yield
+    except Exception as error:
+        if not read_only(error):
+            raise
+        raise UsageError(f"cannot write to {describe_database(using)}: {_first_line(driver_error(error))}; "
+                         "make it writable (file permissions, the server's read-only mode, "
+                         f"the user's privileges) or choose another with {option('database_url')}") from error
+
+
+RETRY_DELAY = 0.5  # seconds before the first retry; doubled for each further one
+LOCK_POLL = 1.0  # seconds between tries of a command that waits for the lock (--wait)
+_LOCK_KEY = int.from_bytes(hashlib.sha256(b"valdimport").digest()[:8], "big", signed=True)
+_held_locks = {}  # alias -> the DatabaseLock this process holds
+
+
+def _now():
+    from django.utils import timezone
+    return timezone.now()
+
+
+def _host():
+    return socket.gethostname()[:255]
+
+
+def _process_alive(run) -> bool:
+    """Whether another process of this host that wrote ``run`` is still there."""
+    if run.host != _host() or not run.pid or run.pid == os.getpid():
+        return False
+    try:
+        os.kill(run.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        pass
+    return True
+
+
+def _refuse_if_alive(run):
+    if _process_alive(run):
+        raise UsageError(f"run {run.id} on this input is still running (pid {run.pid}); "
+                         "wait for it to finish or stop it first")
+
+
+class DatabaseLock:
+    """One valdimport command at a time writes to a database, from its start (the schema
+    created or migrated) to its end.
+
+    PostgreSQL: a session advisory lock; MySQL: GET_LOCK named after the database (its
+    locks are server-wide); each on a connection of its own, since the retries close
+    and reopen the writer's. SQLite: flock on ``DATABASE.lock`` beside the database
+    (not on the database file: closing a descriptor of it would drop SQLite's own
+    locks). The lock goes with the session or the process: a killed run leaves none.
+    """
+
+    def __init__(self, using: str):
+        self.using, self.vendor = using, connections[using].vendor
+        self._session, self._held = None, False  # PostgreSQL, MySQL: the lock's connection
+        self._file = None  # SQLite: the locked file's descriptor
+
+    def acquire(self, wait: bool):
+        told = False
+        while not self._try():
+            holder = self.holder()
+            if not wait:
+                raise Locked(f"{holder} is writing to {describe_database(self.using)}; "
+                             f"rerun with {option('wait')} to wait for it, or stop it first")
+            if not told:
+                log.info(f"waiting for {holder} to finish")
+                told = True
+            time.sleep(LOCK_POLL)
+
+    def _try(self) -> bool:
+        if self.vendor == "sqlite":
+            return self._try_file()
+        if self._session is None:
+            connection = connections[self.using]
+            self._session = connection.get_new_connection(connection.get_connection_params())
+            if self.vendor == "postgresql":
+                self._session.autocommit = True
+        cursor = self._session.cursor()
+        cursor.execute(self.SESSION_LOCKS[self.vendor][0], [self._key()])
+        self._held = bool(cursor.fetchone()[0])
+        return self._held
+
+    SESSION_LOCKS = {"postgresql": ("SELECT pg_try_advisory_lock(%s)", "SELECT pg_advisory_unlock(%s)"),
+                     "mysql": ("SELECT GET_LOCK(%s, 0)", "SELECT RELEASE_LOCK(%s)")}
+
+    def _key(self):
+        if self.vendor == "postgresql":
+            return _LOCK_KEY
+        name = str(connections[self.using].settings_dict["NAME"])
+        return "valdimport:" + (name if len(name) <= 53 else hashlib.sha1(name.encode()).hexdigest())
+
+    def _try_file(self) -> bool:
+        import fcntl
+        name = str(connections[self.using].settings_dict["NAME"])
+        if name in ("", ":memory:") or name.startswith("file:"):
+            return True  # in memory: this process's alone
+        path = name + ".lock"
+        while True:
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as error:
+                raise UsageError(f"cannot write to {describe_database(self.using)}: cannot create "
+                                 f"its lock file {path} ({error.strerror}); make its folder "
+                                 "writable (SQLite writes beside the database, too)") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return False
+            if _same_file(fd, path):
+                self._file, self.path = fd, path
+                return True
+            os.close(fd)  # its holder removed it after we opened it: lock the new one
+
+    def holder(self) -> str:
+        """The run holding the lock, from import_runs: the latest one whose process is
+        alive (on this host; elsewhere, still running), its housekeeping perhaps."""
+        from node_common.models import ImportRun
+        try:
+            runs = list(ImportRun.objects.using(self.using).order_by("-updated_at")[:20])
+        except Exception:  # no schema yet: the holder is creating it
+            runs = []
+        for run in runs:
+            if _process_alive(run) if run.host == _host() else run.status == ImportRun.RUNNING:
+                return f"run {run.id} ({run.command} {run.input_name}, pid {run.pid} on {run.host})"
+        return "another valdimport command"
+
+    def check(self):
+        """After the database was unreachable: its session, and the lock with it, may be
+        gone; take the lock again, or stop if another command took it meanwhile."""
+        if self._session is None:
+            return
+        try:
+            self._session.cursor().execute("SELECT 1")
+            return
+        except Exception:
+            self.release()
+        for _ in range(10):  # the server frees the lock of the lost session when it notices
+            if self._try():
+                return
+            time.sleep(LOCK_POLL)
+        raise ValdImportError(f"{self.holder()} took the lock of {describe_database(self.using)} "
+                              "while it was unreachable; rerun this command later to resume")
+
+    def release(self):
+        if self._file is not None:
+            if _same_file(self._file, self.path):
+                os.remove(self.path)  # while still locked: a waiter then locks a new file
+            os.close(self._file)
+            self._file = None
+        if self._session is not None:  # the session may be gone with the server
+            if self._held:  # at once: the server frees it only once it notices the end
+                with contextlib.suppress(Exception):
+                    self._session.cursor().execute(self.SESSION_LOCKS[self.vendor][1], [self._key()])
+            with contextlib.suppress(Exception):
+                self._session.close()
+            self._session, self._held = None, False
+
+
+def _same_file(fd: int, path: str) -> bool:
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (mine.st_dev, mine.st_ino) == (status.st_dev, status.st_ino)
+
+
+@contextlib.contextmanager
+def database_lock(using: str, wait: bool = False):
+    """Hold the database's lock (see DatabaseLock) meanwhile; a holder may take it again."""
+    if using in _held_locks:
+        yield
+        return
+    lock = DatabaseLock(using)
+    try:
+        lock.acquire(wait)
+        _held_locks[using] = lock
+        yield
+    finally:
+        _held_locks.pop(using, None)
+        lock.release()
+
+
+def with_retries(using: str, retries: int, work, already_done=None, on_retry=None):
+    """``work()``; after a transient database error, reconnect, wait and try again.
+
+    ``already_done()``, asked before each new try, returns a result when the
+    work committed although the connection broke (the commit's answer was lost).
+    ``on_retry(error)`` is told about each retry.
+    """
+    attempt = 0
+    while True:
+        try:
+            if attempt and using in _held_locks:
+                _held_locks[using].check()
+            if attempt and already_done is not None:
+                done = already_done()
+                if done is not None:
+                    return done
+            return work()
+        except Exception as error:
+            if error_kind(error) != TRANSIENT:
+                raise
+            if attempt >= retries:
+                raise DatabaseUnavailable(
+                    f"the database failed {attempt + 1} times ({_first_line(error)}); it "
+                    "may be down: rerun the same command to resume") from error
+            attempt += 1
+            if on_retry is not None:
+                on_retry(error)
+            reconnect(using)
+            time.sleep(min(30.0, RETRY_DELAY * 2 ** (attempt - 1)))
+
+
+def _scalar(using, sql, params=()):
+    with connections[using].cursor() as cursor:
+        cursor.execute(sql, params)
+        return int(cursor.fetchone()[0] or 0)
+
+
+def _rows(using, sql, params=()) -> list:
+    with connections[using].cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall()
+
+
+def sql_differ(a: str, b: str) -> str:
+    """SQL: ``a`` and ``b`` differ, a NULL differing from any value but not from NULL."""
+    return f"({a} <> {b} OR ({a} IS NULL) <> ({b} IS NULL))"
+
+
+# --------------------------------------------------------------- reports ----
+
+PHASE_COLUMNS = ("phase", "rows", "time", "rate")
+
+
+def timed_phase(name: str, work) -> tuple:
+    """(name, rows, seconds) of ``work()``, which returns the rows it handled."""
+    started = time.monotonic()
+    rows = work()
+    return name, rows, time.monotonic() - started
+
+
+def phase_rows(phases) -> list:
+    return [(name, _count(n), f"{seconds:.2f} s", _rate(n, seconds)) for name, n, seconds in phases]
+
+
+def phase_table(phases, total_rows=None, total_seconds=None) -> str:
+    """pgloader-style: one row per phase with its rows, time and rate, then the total."""
+    total = [("total", total_rows, total_seconds)] if total_seconds is not None else []
+    return format_table(PHASE_COLUMNS, phase_rows(list(phases) + total))
+
+
+def _count(n) -> str:
+    return "-" if n is None else f"{n:,}"
+
+
+def _rate(n, seconds) -> str:
+    return f"{n / seconds:,.0f}/s" if n and seconds and seconds >= 0.01 else ""
+
+
+def format_table(columns, rows, indent="  ") -> str:
+    """A plain text table; columns whose values look numeric are right-aligned."""
+    cells = [list(map(str, columns))] + [["" if v is None else str(v) for v in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    numeric = [all(_looks_numeric(row[i]) for row in cells[1:]) and len(cells) > 1
+               for i in range(len(columns))]
+    lines = []
+    for row in cells:
+        parts = [v.rjust(w) if right else v.ljust(w) for v, w, right in zip(row, widths, numeric)]
+        lines.append((indent + "  ".join(parts)).rstrip())
+    return "\n".join(lines)
+
+
+_NUMERIC_CELL = re.compile(r"-?|[\d,.]+( s|/s| min \d\d s)?")
+
+
+def _looks_numeric(text: str) -> bool:
+    return _NUMERIC_CELL.fullmatch(text) is not None
+
+
+@dataclass
+class Check:
+    name: str
+    count: int
+    fix: str = ""  # what to do about it, shown when the check fails
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.count == 0
+
+
+@dataclass
+class Report:
+    """What an operation found or did: ``table()`` for people, ``as_dict()`` for scripts."""
+
+    title: str
+    columns: tuple
+    rows: list
+    verdict: str = ""
+    ok: bool = True
+    data: object = None  # the JSON form of the rows, when not just rows by column
+
+    def table(self, form=python_option) -> str:
+        """The report as text, its options spelt by ``form`` (see option())."""
+        body = format_table(self.columns, rendered(self.rows, form)) if self.rows else "  (none)"
+        return "\n".join(part for part in (self.title, body, render_options(self.verdict, form)) if part)
+
+    def as_dict(self, form=python_option) -> dict:
+        rows = self.data if self.data is not None else [dict(zip(self.columns, r)) for r in self.rows]
+        return rendered({"title": self.title, "ok": self.ok, "verdict": self.verdict, "rows": rows}, form)
+
+
+def rendered(value, form):
+    """``value`` (text, or lists and dicts of it) with its option placeholders spelt by ``form``."""
+    if isinstance(value, str):
+        return render_options(value, form)
+    if isinstance(value, (list, tuple)):
+        return [rendered(v, form) for v in value]
+    if isinstance(value, dict):
+        return {k: rendered(v, form) for k, v in value.items()}
+    return value
+
+
 @dataclass
 class Tally:
     """The counts of a run; lines_read = imported + skipped + rejected."""
@@ -2711,6 +3144,138 @@ class Tally:
                    counts.get("states_new", 0), counts.get("states_existing", 0),
                    counts.get("transitions", 0), list(counts.get("species_created", [])),
                    counts.get("undecoded", 0), list(counts.get("undecoded_by_coupling", [])))
+
+
+@dataclass
+class Summary:
+    """What a run did, for people (``table()``) and scripts (``as_dict()``)."""
+
+    command: str
+    input_name: str
+    database: str
+    run_id: int | None = None
+    tally: Tally = field(default_factory=Tally)
+    elapsed: float = 0.0
+    resumed_from_line: int | None = None
+    continues_run: int | None = None
+    reject_file: str | None = None
+    message: str = "completed"
+    details: list = field(default_factory=list)  # (label, value) rows of a companion import
+    read_label: str = "lines read"
+    dry_run: bool = False
+    retried: list = field(default_factory=list)  # transient database errors that were retried
+    records_now: int | None = None  # records this invocation read and checked (not the run's)
+    phases: list = field(default_factory=list)  # (name, rows or None, seconds)
+    verified: "Report | None" = None  # --verify
+
+    def __post_init__(self):
+        if self.records_now is None:
+            self.records_now = self.tally.imported + self.tally.rejected
+
+    @property
+    def rate(self) -> float:
+        """Records per second of this invocation (a resumed run counts what it added)."""
+        return self.records_now / self.elapsed if self.elapsed > 0 else 0.0
+
+    def as_dict(self, form=python_option) -> dict:
+        out = {k: v for k, v in self.__dict__.items() if k not in ("tally", "phases", "verified")}
+        row = self.tally.as_row()
+        counts = row.pop("counts")
+        out.update(row, skipped_by_reason=counts.pop("skipped"), **counts)
+        out["rate"] = round(self.rate, 1)
+        out["phases"] = [dict(phase=name, rows=rows, seconds=round(seconds, 3))
+                         for name, rows, seconds in self.phases]
+        if self.verified is not None:
+            out["verify"] = self.verified.as_dict(form)
+        return out
+
+    def write_json(self, path: str, form=python_option):
+        """The summary as JSON, for monitoring."""
+        try:
+            with open(path, "w", encoding="utf-8") as f:
+                json.dump(self.as_dict(form), f, indent=2, default=str)
+        except OSError as error:
+            raise UsageError(f"cannot write the summary to {path}: {error.strerror}; "
+                             f"choose another with {option('summary_json')}") from None
+
+    def table(self, form=python_option) -> str:
+        t = self.tally
+        skipped = ", ".join(f"{reason} {n:,}" for reason, n in sorted(t.skipped.items()))
+        rows = [
+            ("input", self.input_name),
+            ("database", self.database),
+            (self.read_label, f"{t.lines_read:,}"),
+            ("  valid" if self.dry_run else "  imported", f"{t.imported:,} records"),
+            ("  skipped", f"{sum(t.skipped.values()):,}" + (f"  ({skipped})" if skipped else "")),
+            ("  rejected", f"{t.rejected:,}" + (f"  -> {self.reject_file}" if t.rejected else "")),
+        ]
+        rows += self.details
+        if self.command in COMMANDS and not self.dry_run:
+            rows.append(("levels", f"{t.states_new:,} new, {t.states_existing:,} already stored"))
+            if t.undecoded:
+                rows.append(("undecoded levels", f"{t.undecoded:,} (description kept, no quantum numbers)"))
+                rows += [(f"  {coupling or 'no coupling'}", f"{n:,}  e.g. {example}")
+                         for coupling, n, example in t.undecoded_by_coupling]
+        if self.command in WRITES_TRANSITIONS and not self.dry_run:
+            rows.append(("transitions", f"{t.transitions:,}"))
+        if t.species_created:
+            shown = ", ".join(map(str, t.species_created[:10]))
+            more = f" and {len(t.species_created) - 10} more" if len(t.species_created) > 10 else ""
+            rows.append(("placeholder species", f"{len(t.species_created)} ({shown}{more})"))
+        if self.resumed_from_line:
+            rows.append(("resumed", f"from line {self.resumed_from_line:,}"))
+        if self.continues_run:
+            rows.append(("continues", f"run {self.continues_run}"))
+        if self.retried:
+            rows.append(("retries", f"{len(self.retried)} (last: {self.retried[-1][:60]})"))
+        rows.append(("elapsed", f"{self.elapsed:.2f} s  ({self.rate:,.0f} records/s)"))
+        width = max(19, *(len(name) for name, _ in rows))
+        head = f"{self.command}: " + (f"run {self.run_id} " if self.run_id else "") + self.message
+        lines = [head] + [f"  {name:<{width}}  {value}" for name, value in rows]
+        if self.phases:
+            lines += ["", phase_table(self.phases, self.records_now, self.elapsed)]
+        if self.verified is not None:
+            lines += ["", self.verified.table(form)]
+        return "\n".join(lines)
+
+    @property
+    def exit_code(self) -> int:
+        if self.verified is not None and not self.verified.ok:
+            return EXIT_FAILED
+        return EXIT_REJECTED if self.tally.rejected else EXIT_OK
+
+
+def _progress_bar(inp, options):
+    from tqdm import tqdm
+    enabled = options.progress
+    if inp.size:
+        return tqdm(total=inp.size, unit="B", unit_scale=True, disable=not enabled,
+                    file=sys.stderr, desc=os.path.basename(inp.name))
+    return tqdm(unit=" records", unit_scale=True, disable=not enabled, file=sys.stderr, desc="stdin")
+
+
+def _advance(progress, inp, records: int = 0, note=None):
+    """Move the bar: bytes of a file as read from disk (compressed: so the ETA holds),
+    records of standard input; ``note()`` gives the text after it."""
+    if progress.disable:
+        return
+    if note is not None:
+        progress.set_postfix_str(note(), refresh=False)
+    progress.update(inp.position() - progress.n if inp.size else records)
+
+
+# The import runs: what each run read and committed --------------------------
+
+def run_status(run) -> str:
+    """The run's status, "interrupted" for a running run whose process is gone."""
+    if (run.status == run.RUNNING and run.host == _host() and run.pid != os.getpid()
+            and not _process_alive(run)):
+        return "interrupted"
+    return run.status
+
+
+def _json_options(options: ImportOptions) -> dict:
+    return {k: getattr(options, k) for k in ("batch_size", "skip_header", "skip_calc", "fast")}
 
 
 class RunLedger:
@@ -2874,38 +3439,6 @@ class RunLedger:
             pass
 
 
-def _now():
-    from django.utils import timezone
-    return timezone.now()
-
-
-def _host():
-    return socket.gethostname()[:255]
-
-
-def _json_options(options: ImportOptions) -> dict:
-    return {k: getattr(options, k) for k in ("batch_size", "skip_header", "skip_calc", "fast")}
-
-
-def _process_alive(run) -> bool:
-    """Whether another process of this host that wrote ``run`` is still there."""
-    if run.host != _host() or not run.pid or run.pid == os.getpid():
-        return False
-    try:
-        os.kill(run.pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        pass
-    return True
-
-
-def _refuse_if_alive(run):
-    if _process_alive(run):
-        raise UsageError(f"run {run.id} on this input is still running (pid {run.pid}); "
-                         "wait for it to finish or stop it first")
-
-
 class RejectFile:
     """``LINE_NUMBER<TAB>REASON<TAB>RAW_LINE`` per rejected line.
 
@@ -2976,488 +3509,236 @@ def default_reject_path(input_name: str, run_id: int | None, using: str | None =
     return os.path.join(folder, f"{name}.run{run_id}.rejects" if run_id else f"{name}.dry-run.rejects")
 
 
-@dataclass
-class Summary:
-    """What a run did, for people (``table()``) and scripts (``as_dict()``)."""
+# XSAMS sources: the <Source> element the node serves for each reference ----------
 
-    command: str
-    input_name: str
-    database: str
-    run_id: int | None = None
-    tally: Tally = field(default_factory=Tally)
-    elapsed: float = 0.0
-    resumed_from_line: int | None = None
-    continues_run: int | None = None
-    reject_file: str | None = None
-    message: str = "completed"
-    details: list = field(default_factory=list)  # (label, value) rows of a companion import
-    read_label: str = "lines read"
-    dry_run: bool = False
-    retried: list = field(default_factory=list)  # transient database errors that were retried
-    records_now: int | None = None  # records this invocation read and checked (not the run's)
-    phases: list = field(default_factory=list)  # (name, rows or None, seconds)
-    verified: "Report | None" = None  # --verify
-
-    def __post_init__(self):
-        if self.records_now is None:
-            self.records_now = self.tally.imported + self.tally.rejected
-
-    @property
-    def rate(self) -> float:
-        """Records per second of this invocation (a resumed run counts what it added)."""
-        return self.records_now / self.elapsed if self.elapsed > 0 else 0.0
-
-    def as_dict(self, form=python_option) -> dict:
-        out = {k: v for k, v in self.__dict__.items() if k not in ("tally", "phases", "verified")}
-        row = self.tally.as_row()
-        counts = row.pop("counts")
-        out.update(row, skipped_by_reason=counts.pop("skipped"), **counts)
-        out["rate"] = round(self.rate, 1)
-        out["phases"] = [dict(phase=name, rows=rows, seconds=round(seconds, 3))
-                         for name, rows, seconds in self.phases]
-        if self.verified is not None:
-            out["verify"] = self.verified.as_dict(form)
-        return out
-
-    def write_json(self, path: str, form=python_option):
-        """The summary as JSON, for monitoring."""
-        try:
-            with open(path, "w", encoding="utf-8") as f:
-                json.dump(self.as_dict(form), f, indent=2, default=str)
-        except OSError as error:
-            raise UsageError(f"cannot write the summary to {path}: {error.strerror}; "
-                             f"choose another with {option('summary_json')}") from None
-
-    def table(self, form=python_option) -> str:
-        t = self.tally
-        skipped = ", ".join(f"{reason} {n:,}" for reason, n in sorted(t.skipped.items()))
-        rows = [
-            ("input", self.input_name),
-            ("database", self.database),
-            (self.read_label, f"{t.lines_read:,}"),
-            ("  valid" if self.dry_run else "  imported", f"{t.imported:,} records"),
-            ("  skipped", f"{sum(t.skipped.values()):,}" + (f"  ({skipped})" if skipped else "")),
-            ("  rejected", f"{t.rejected:,}" + (f"  -> {self.reject_file}" if t.rejected else "")),
-        ]
-        rows += self.details
-        if self.command in COMMANDS and not self.dry_run:
-            rows.append(("levels", f"{t.states_new:,} new, {t.states_existing:,} already stored"))
-            if t.undecoded:
-                rows.append(("undecoded levels", f"{t.undecoded:,} (description kept, no quantum numbers)"))
-                rows += [(f"  {coupling or 'no coupling'}", f"{n:,}  e.g. {example}")
-                         for coupling, n, example in t.undecoded_by_coupling]
-        if self.command in WRITES_TRANSITIONS and not self.dry_run:
-            rows.append(("transitions", f"{t.transitions:,}"))
-        if t.species_created:
-            shown = ", ".join(map(str, t.species_created[:10]))
-            more = f" and {len(t.species_created) - 10} more" if len(t.species_created) > 10 else ""
-            rows.append(("placeholder species", f"{len(t.species_created)} ({shown}{more})"))
-        if self.resumed_from_line:
-            rows.append(("resumed", f"from line {self.resumed_from_line:,}"))
-        if self.continues_run:
-            rows.append(("continues", f"run {self.continues_run}"))
-        if self.retried:
-            rows.append(("retries", f"{len(self.retried)} (last: {self.retried[-1][:60]})"))
-        rows.append(("elapsed", f"{self.elapsed:.2f} s  ({self.rate:,.0f} records/s)"))
-        width = max(19, *(len(name) for name, _ in rows))
-        head = f"{self.command}: " + (f"run {self.run_id} " if self.run_id else "") + self.message
-        lines = [head] + [f"  {name:<{width}}  {value}" for name, value in rows]
-        if self.phases:
-            lines += ["", phase_table(self.phases, self.records_now, self.elapsed)]
-        if self.verified is not None:
-            lines += ["", self.verified.table(form)]
-        return "\n".join(lines)
-
-    @property
-    def exit_code(self) -> int:
-        if self.verified is not None and not self.verified.ok:
-            return EXIT_FAILED
-        return EXIT_REJECTED if self.tally.rejected else EXIT_OK
+SOURCE_CATEGORIES = {"article": "journal", "book": "book", "inbook": "book", "incollection": "book",
+                     "techreport": "report", "inproceedings": "proceedings",
+                     "conference": "proceedings", "proceedings": "proceedings",
+                     "phdthesis": "thesis", "mastersthesis": "thesis"}
+OTHER_SOURCE_CATEGORY = "private communication"  # misc, unpublished and any other type
+_NOT_IN_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+_LATEX_ESCAPE = re.compile(r"\\([_%&#$~])")
 
 
-PHASE_COLUMNS = ("phase", "rows", "time", "rate")
+def node_id() -> str:
+    """The node's id in XSAMS source ids (``B<node id>-<key>``): the setting VALD_NODE_ID."""
+    from django.conf import settings
+    value = str(getattr(settings, "VALD_NODE_ID", "vald"))
+    if not value or _NOT_IN_XML.search(value) or any(c.isspace() for c in value):
+        raise UsageError(f"VALD_NODE_ID {value!r} cannot be part of an XSAMS source id: "
+                         "give one word without blanks (the default is vald)")
+    return value
 
 
-def timed_phase(name: str, work) -> tuple:
-    """(name, rows, seconds) of ``work()``, which returns the rows it handled."""
-    started = time.monotonic()
-    rows = work()
-    return name, rows, time.monotonic() - started
+def source_xml(key: str, bibtex: str, node: str) -> tuple[str, bool]:
+    """The XSAMS ``<Source>`` element of one BibTeX entry, and whether its fields could be read.
 
-
-def phase_rows(phases) -> list:
-    return [(name, _count(n), f"{seconds:.2f} s", _rate(n, seconds)) for name, n, seconds in phases]
-
-
-def phase_table(phases, total_rows=None, total_seconds=None) -> str:
-    """pgloader-style: one row per phase with its rows, time and rate, then the total."""
-    total = [("total", total_rows, total_seconds)] if total_seconds is not None else []
-    return format_table(PHASE_COLUMNS, phase_rows(list(phases) + total))
-
-
-def _count(n) -> str:
-    return "-" if n is None else f"{n:,}"
-
-
-def _rate(n, seconds) -> str:
-    return f"{n / seconds:,.0f}/s" if n and seconds and seconds >= 0.01 else ""
-
-
-def format_table(columns, rows, indent="  ") -> str:
-    """A plain text table; columns whose values look numeric are right-aligned."""
-    cells = [list(map(str, columns))] + [["" if v is None else str(v) for v in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
-    numeric = [all(_looks_numeric(row[i]) for row in cells[1:]) and len(cells) > 1
-               for i in range(len(columns))]
-    lines = []
-    for row in cells:
-        parts = [v.rjust(w) if right else v.ljust(w) for v, w, right in zip(row, widths, numeric)]
-        lines.append((indent + "  ".join(parts)).rstrip())
-    return "\n".join(lines)
-
-
-_NUMERIC_CELL = re.compile(r"-?|[\d,.]+( s|/s| min \d\d s)?")
-
-
-def _looks_numeric(text: str) -> bool:
-    return _NUMERIC_CELL.fullmatch(text) is not None
-
-
-RETRY_DELAY = 0.5  # seconds before the first retry; doubled for each further one
-LOCK_POLL = 1.0  # seconds between tries of a command that waits for the lock (--wait)
-_LOCK_KEY = int.from_bytes(hashlib.sha256(b"valdimport").digest()[:8], "big", signed=True)
-_held_locks = {}  # alias -> the DatabaseLock this process holds
-
-
-class DatabaseLock:
-    """One valdimport command at a time writes to a database, from its start (the schema
-    created or migrated) to its end.
-
-    PostgreSQL: a session advisory lock; MySQL: GET_LOCK named after the database (its
-    locks are server-wide); each on a connection of its own, since the retries close
-    and reopen the writer's. SQLite: flock on ``DATABASE.lock`` beside the database
-    (not on the database file: closing a descriptor of it would drop SQLite's own
-    locks). The lock goes with the session or the process: a killed run leaves none.
+    An entry bibtexparser cannot read still gets a well-formed element: its id,
+    empty ``<Authors>`` and the entry text in ``<BibTeX>``.
     """
-
-    def __init__(self, using: str):
-        self.using, self.vendor = using, connections[using].vendor
-        self._session, self._held = None, False  # PostgreSQL, MySQL: the lock's connection
-        self._file = None  # SQLite: the locked file's descriptor
-
-    def acquire(self, wait: bool):
-        told = False
-        while not self._try():
-            holder = self.holder()
-            if not wait:
-                raise Locked(f"{holder} is writing to {describe_database(self.using)}; "
-                             f"rerun with {option('wait')} to wait for it, or stop it first")
-            if not told:
-                log.info(f"waiting for {holder} to finish")
-                told = True
-            time.sleep(LOCK_POLL)
-
-    def _try(self) -> bool:
-        if self.vendor == "sqlite":
-            return self._try_file()
-        if self._session is None:
-            connection = connections[self.using]
-            self._session = connection.get_new_connection(connection.get_connection_params())
-            if self.vendor == "postgresql":
-                self._session.autocommit = True
-        cursor = self._session.cursor()
-        cursor.execute(self.SESSION_LOCKS[self.vendor][0], [self._key()])
-        self._held = bool(cursor.fetchone()[0])
-        return self._held
-
-    SESSION_LOCKS = {"postgresql": ("SELECT pg_try_advisory_lock(%s)", "SELECT pg_advisory_unlock(%s)"),
-                     "mysql": ("SELECT GET_LOCK(%s, 0)", "SELECT RELEASE_LOCK(%s)")}
-
-    def _key(self):
-        if self.vendor == "postgresql":
-            return _LOCK_KEY
-        name = str(connections[self.using].settings_dict["NAME"])
-        return "valdimport:" + (name if len(name) <= 53 else hashlib.sha1(name.encode()).hexdigest())
-
-    def _try_file(self) -> bool:
-        import fcntl
-        name = str(connections[self.using].settings_dict["NAME"])
-        if name in ("", ":memory:") or name.startswith("file:"):
-            return True  # in memory: this process's alone
-        path = name + ".lock"
-        while True:
-            try:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError as error:
-                raise UsageError(f"cannot write to {describe_database(self.using)}: cannot create "
-                                 f"its lock file {path} ({error.strerror}); make its folder "
-                                 "writable (SQLite writes beside the database, too)") from None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                return False
-            if _same_file(fd, path):
-                self._file, self.path = fd, path
-                return True
-            os.close(fd)  # its holder removed it after we opened it: lock the new one
-
-    def holder(self) -> str:
-        """The run holding the lock, from import_runs: the latest one whose process is
-        alive (on this host; elsewhere, still running), its housekeeping perhaps."""
-        from node_common.models import ImportRun
-        try:
-            runs = list(ImportRun.objects.using(self.using).order_by("-updated_at")[:20])
-        except Exception:  # no schema yet: the holder is creating it
-            runs = []
-        for run in runs:
-            if _process_alive(run) if run.host == _host() else run.status == ImportRun.RUNNING:
-                return f"run {run.id} ({run.command} {run.input_name}, pid {run.pid} on {run.host})"
-        return "another valdimport command"
-
-    def check(self):
-        """After the database was unreachable: its session, and the lock with it, may be
-        gone; take the lock again, or stop if another command took it meanwhile."""
-        if self._session is None:
-            return
-        try:
-            self._session.cursor().execute("SELECT 1")
-            return
-        except Exception:
-            self.release()
-        for _ in range(10):  # the server frees the lock of the lost session when it notices
-            if self._try():
-                return
-            time.sleep(LOCK_POLL)
-        raise ValdImportError(f"{self.holder()} took the lock of {describe_database(self.using)} "
-                              "while it was unreachable; rerun this command later to resume")
-
-    def release(self):
-        if self._file is not None:
-            if _same_file(self._file, self.path):
-                os.remove(self.path)  # while still locked: a waiter then locks a new file
-            os.close(self._file)
-            self._file = None
-        if self._session is not None:  # the session may be gone with the server
-            if self._held:  # at once: the server frees it only once it notices the end
-                with contextlib.suppress(Exception):
-                    self._session.cursor().execute(self.SESSION_LOCKS[self.vendor][1], [self._key()])
-            with contextlib.suppress(Exception):
-                self._session.close()
-            self._session, self._held = None, False
+    fields = _source_fields(bibtex)
+    source = ET.Element("Source", sourceID=_xml_safe(f"B{node}-{key}"))
+    authors = ET.SubElement(source, "Authors")
+    if fields is not None:
+        for name in fields.pop("authors"):
+            ET.SubElement(ET.SubElement(authors, "Author"), "Name").text = name
+        pages = re.findall(r"\d+", fields.get("pages", ""))
+        for tag, value in (("Title", fields.get("title")), ("Category", fields["category"]),
+                           ("Year", fields.get("year")),
+                           ("SourceName", fields.get("journal") or fields.get("booktitle")),
+                           ("Volume", fields.get("volume")),
+                           ("PageBegin", pages[0] if pages else None),
+                           ("PageEnd", pages[-1] if len(pages) > 1 else None),
+                           ("UniformResourceIdentifier", fields.get("url")),
+                           ("DigitalObjectIdentifier", fields.get("doi"))):
+            if value:
+                ET.SubElement(source, tag).text = value
+    ET.SubElement(source, "BibTeX").text = _xml_safe(bibtex)
+    return ET.tostring(source, encoding="unicode"), fields is not None
 
 
-def _same_file(fd: int, path: str) -> bool:
-    try:
-        status = os.stat(path)
-    except FileNotFoundError:
-        return False
-    mine = os.fstat(fd)
-    return (mine.st_dev, mine.st_ino) == (status.st_dev, status.st_ino)
+def _source_fields(bibtex: str) -> dict | None:
+    """The fields of a BibTeX entry as XSAMS wants them (LaTeX decoded to Unicode, braces
+    removed, blanks collapsed; authors "First von Last Jr"), or None if it cannot be read."""
+    import logging
+    import bibtexparser
+    from bibtexparser import middlewares, model
+    logging.getLogger("bibtexparser").setLevel(logging.CRITICAL)  # the caller reports failures
+    names = [middlewares.SeparateCoAuthors(), middlewares.SplitNameParts()]
+    library = bibtexparser.parse_string(bibtex, append_middleware=names)
+    if library.failed_blocks or len(library.entries) != 1:
+        return None
+    entry = library.entries[0]
+    values = {f.key.lower(): f.value for f in entry.fields}
+    authors = [" ".join(n.first + n.von + n.last + n.jr) for n in values.pop("author", [])]
+    # url and doi as written: in LaTeX, % would start a comment
+    kept = {k: _LATEX_ESCAPE.sub(r"\1", values.pop(k)) for k in ("url", "doi")
+            if isinstance(values.get(k), str)}
+    plain = [model.Field(k, v) for k, v in values.items() if isinstance(v, str)]
+    plain += [model.Field(f"author {i}", name) for i, name in enumerate(authors)]
+    decoded = _latex_decoder().transform_entry(model.Entry(entry.entry_type, entry.key, plain), library)
+    if not isinstance(decoded, model.Entry):
+        return None
+    fields = {f.key: _xml_safe(" ".join(f.value.split())) for f in decoded.fields}
+    fields.update((k, _xml_safe(" ".join(v.split()))) for k, v in kept.items())
+    fields["authors"] = [fields.pop(f"author {i}") for i in range(len(authors))]
+    fields["category"] = SOURCE_CATEGORIES.get(entry.entry_type.lower(), OTHER_SOURCE_CATEGORY)
+    return fields
 
 
-@contextlib.contextmanager
-def database_lock(using: str, wait: bool = False):
-    """Hold the database's lock (see DatabaseLock) meanwhile; a holder may take it again."""
-    if using in _held_locks:
-        yield
-        return
-    lock = DatabaseLock(using)
-    try:
-        lock.acquire(wait)
-        _held_locks[using] = lock
-        yield
-    finally:
-        _held_locks.pop(using, None)
-        lock.release()
+@functools.lru_cache(maxsize=1)
+def _latex_decoder():
+    from bibtexparser.middlewares import LatexDecodingMiddleware
+    return LatexDecodingMiddleware()
 
 
-def run_import(command: str, source: str = "-", *, using: str = DEFAULT_DB_ALIAS,
-               options: ImportOptions | None = None) -> Summary:
-    """Run one import command over ``source`` (a path or "-" for stdin) into database ``using``."""
-    if command not in COMMANDS:
-        raise UsageError(f"unknown command {command!r}")
-    options = options or ImportOptions()
-    require_input(source)
-    started = time.monotonic()
-    if options.dry_run:
-        summary = _dry_run(command, Input(source), using, options)
-    else:
-        connect_database(using)
-        with database_lock(using, options.wait), writable(using):
-            if options.fast:
-                summary = FastLoad(command, source, using, options).run()
-            else:
-                if options.clear:
-                    confirm_clear(command, options)
-                prepare_database(using, options.retries)
-                if options.clear:
-                    clear_tables(command, using)
-                summary = _import_input(command, Input(source), using, options)
-            if not options.skip_housekeeping:
-                summary.phases += with_retries(using, options.retries, lambda: housekeeping(
-                    using, skip_calc=options.skip_calc, batch_size=options.batch_size))
-            if options.verify:
-                checked = time.monotonic()
-                summary.verified = verify(using, dump=None if source in ("-", None) else source,
-                                          skip_header=options.skip_header, workers=options.workers)
-                summary.phases.append(("verify", len(summary.verified.rows), time.monotonic() - checked))
-    summary.elapsed = time.monotonic() - started
-    return summary
+def _xml_safe(text: str) -> str:
+    """``text`` without the characters XML 1.0 cannot hold (control characters): U+FFFD instead."""
+    return _NOT_IN_XML.sub("\ufffd", text)
 
 
-def require_input(source):
-    """Refuse to wait for standard input on a terminal: nothing is piped in."""
-    if source in ("-", None) and sys.stdin is not None and sys.stdin.isatty():
-        raise NoInput(f"there is no input: standard input is a terminal; give the input with "
-                      f"{option('file')}, or pipe it in")
+def _add_source_xml(refs) -> tuple[str, str]:
+    """Set ``xml`` of each Reference; the summary row counting the minimal elements."""
+    node, unread = node_id(), []
+    for ref in refs:
+        ref.xml, readable = source_xml(ref.id, ref.bibtex, node)
+        if not readable:
+            unread.append(ref.id)
+    shown = ", ".join(unread[:10]) + (f" and {len(unread) - 10} more" if len(unread) > 10 else "")
+    return ("XSAMS sources", f"{len(refs):,} for node {node!r}" + (
+        f", {len(unread):,} minimal (fields not readable: {shown})" if unread else ""))
 
 
-CLEARS = {"import-states": ("Transition", "State"), "import-transitions": ("Transition",),
-          "import": ("Transition", "State")}  # the tables a command fills, and all that hangs on them
-
-
-def confirm_clear(command: str, options: "ImportOptions", warning: str = ""):
-    """Go on emptying the tables only with the caller's confirmation (see confirmed())."""
-    tables = ", ".join(CLEARS[command]).lower().replace("transition", "transitions").replace(
-        "state", "states")
-    if warning:
-        log.warning(warning)
-    confirmed(options.confirm, f"Empty {tables} and import? [y/N] ", f"{option('clear')} empties {tables}")
-
-
-def clear_tables(command: str, using: str):
-    """Empty the tables ``command`` fills, and forget the runs that filled them."""
-    from django.apps import apps
-    from node_common.models import ImportRun, Species
-    writer = Writer.for_alias(using)
-    models = [apps.get_model("node_atom", m) for m in CLEARS[command]]
-    with transaction.atomic(using=using):
-        for model in models:
-            writer.clear_table(model._meta.db_table)
-        emptied = {m._meta.db_table for m in models}
-        runs = [c for c, covers in RunLedger.COVERS.items() if covers & emptied]
-        ImportRun.objects.using(using).filter(command__in=runs).delete()
-        if "states" in emptied:
-            Species.objects.using(using).update(ground_state=None)
-
-
-class FastLoad:
-    """--fast: a first load into emptied tables, the fastest way each engine allows.
-
-    On top of what every first load does (secondary indexes built at the end), the
-    PostgreSQL tables are UNLOGGED meanwhile, SQLite runs without a journal, MySQL
-    without uniqueness checks. The unique constraint of the levels stays in place and
-    is verified at the end. A crash in the middle can lose everything loaded (and, on
-    SQLite, corrupt the file).
-    """
-
-    RISKS = ("a fast load empties the tables first; until the run ends, a crash or a killed "
-             "process can lose everything loaded (on SQLite, corrupt the database file), and "
-             "queries on these tables are slow: their indexes are only built at the end.")
-
-    def __init__(self, command, source, using, options):
-        from django.apps import apps
-        self.command, self.source, self.using, self.options = command, source, using, options
-        self.models = [apps.get_model("node_atom", m) for m in CLEARS[command]]
-        self.phases = []
-
-    def run(self) -> Summary:
-        if not self.options.clear:
-            raise UsageError(f"{option('fast')} needs {option('clear')}: it loads into emptied tables; "
-                             f"add {option('clear')} (it deletes what these tables hold) or leave out "
-                             f"{option('fast')}")
-        confirm_clear(self.command, self.options, self.RISKS)
-        prepare_database(self.using, self.options.retries)
-        writer = Writer.for_alias(self.using)
-        tables = [m._meta.db_table for m in self.models]
-        self._phase("clear", lambda: clear_tables(self.command, self.using))
-        writer.start_fast(tables)
-        try:
-            summary = _import_input(self.command, Input(self.source), self.using, self.options)
-        finally:
-            self._phase("crash safety back", lambda: writer.end_fast(tables))
-        self._phase("verify", self._verify_unique)
-        summary.phases = self.phases[:1] + summary.phases + self.phases[1:]
-        return summary
-
-    def _phase(self, name, work):
-        self.phases.append(timed_phase(name, work))
-
-    def _verify_unique(self) -> int:
-        """Levels checked: none may be stored twice."""
-        duplicates = duplicate_levels(self.using)
-        if duplicates:
-            raise ValdImportError(f"{duplicates:,} levels are stored twice after the fast load: rerun "
-                                  f"it with {option('fast')} {option('clear')}, or without {option('fast')}")
-        from node_atom.models import State
-        return State.objects.using(self.using).count()
-
-
-def _import_input(command, inp, using, options) -> Summary:
-    """Import ``inp`` after what earlier runs on the same input committed."""
-    if not inp.head:
-        raise empty_input(inp)
-    writer = Writer.for_alias(using)
-    ledger = RunLedger(using, command, inp, options)
-    candidates = ledger.candidates()
+def rebuild_source_xml(using: str = DEFAULT_DB_ALIAS, batch_size: int = 1000) -> int:
+    """Regenerate the XSAMS source of every reference (after VALD_NODE_ID changed, or on a
+    database imported before refs.xml existed); returns the references whose XML changed."""
+    from node_common.models import Reference
+    node, changed, last = node_id(), 0, None
     while True:
-        candidate = candidates.pop(0) if candidates else None
-        with_retries(using, options.retries, lambda: ledger.begin(candidate),
-                     on_retry=lambda error: ledger.retried.append(_first_line(error)))
-        run = BatchImport(command, inp, writer, ledger, options)
-        try:
-            return run.run()
-        except PrefixMismatch as mismatch:
-            if not inp.reopenable:
-                raise UsageError(
-                    f"standard input differs from the input of run {ledger.candidate.id} (same "
-                    f"first bytes, different before line {mismatch.line:,}): it is another input; "
-                    f"{option('clear')} replaces what is imported with it, {option('restart')} adds all "
-                    f"of it as a new run; or give it with {option('file')} to compare it with every "
-                    "earlier run") from None
-            inp.reopen()
-        except RunStopped:
-            ledger.finish_quietly(ledger.model.STOPPED, run.tally, "stopped: the most rejected lines allowed")
-            raise
-        except KeyboardInterrupt:
-            ledger.finish_quietly(ledger.model.STOPPED, None, "interrupted")
-            raise
-        except BaseException as error:
-            ledger.finish_quietly(ledger.model.FAILED, None, _one_line(error))
-            raise
+        batch = Reference.objects.using(using).order_by("pk")
+        batch = list((batch.filter(pk__gt=last) if last is not None else batch)[:batch_size])
+        if not batch:
+            return changed
+        last = batch[-1].pk
+        stale = []
+        for ref in batch:
+            xml = source_xml(ref.pk, ref.bibtex or "", node)[0]
+            if xml != ref.xml:
+                ref.xml = xml
+                stale.append(ref)
+        Reference.objects.using(using).bulk_update(stale, ["xml"])
+        changed += len(stale)
 
 
-def with_retries(using: str, retries: int, work, already_done=None, on_retry=None):
-    """``work()``; after a transient database error, reconnect, wait and try again.
+# ---------------------------------------------------------- housekeeping ----
 
-    ``already_done()``, asked before each new try, returns a result when the
-    work committed although the connection broke (the commit's answer was lost).
-    ``on_retry(error)`` is told about each retry.
+def linelist_methods(using: str = DEFAULT_DB_ALIAS) -> dict:
+    """Line-list id -> method, from the linelists table."""
+    from node_common.models import LineList
+    return dict(LineList.objects.using(using).exclude(method=None).values_list("id", "method"))
+
+
+def undecoded_levels(using: str, run_id: int) -> list:
+    """[coupling, levels, an example description] per coupling, of the levels a run stored
+    whose description gave no quantum number (one GROUP BY over the run's levels)."""
+    from django.db.models import Count, Min
+    from node_atom.models import State
+    rows = State.objects.using(using).filter(
+        run_id=run_id, term_desc__isnull=False,
+        **{f"{column}__isnull": True for column in DECODED_QN_COLUMNS}).values(
+        "coupling_case").annotate(n=Count("id"), example=Min("term_desc")).order_by()
+    return sorted(([r["coupling_case"], r["n"], r["example"]] for r in rows),
+                  key=lambda row: row[0] or "")
+
+
+def apply_linelist_methods(using: str = DEFAULT_DB_ALIAS) -> tuple[int, int]:
+    """Set wave_method (from ll1) and energy_method (from the level's energy line list) of
+    rows already stored: one UPDATE per table, touching only rows whose method changes."""
+    dialect = Dialect.for_alias(using)
+    counts = []
+    with transaction.atomic(using=using), connections[using].cursor() as cursor:
+        for table, target, source in (("transitions", "wave_method", "ll1"),
+                                      ("states", "energy_method", "energy_linelist_id")):
+            cursor.execute(dialect.update_from_linelists_sql(table, target, source))
+            counts.append(cursor.rowcount)
+    return tuple(counts)
+
+
+def update_ground_states(using: str = DEFAULT_DB_ALIAS) -> int:
+    """Set species.ground_state_id to the lowest-energy level of each species with levels."""
+    q = connections[using].ops.quote_name
+    with transaction.atomic(using=using), connections[using].cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {q('species')} SET {q('ground_state_id')} = "
+            f"(SELECT s.id FROM {q('states')} s WHERE s.{q('species_id')} = {q('species')}.id "
+            f"ORDER BY s.{q('energy_scaled')}, s.id LIMIT 1) "
+            f"WHERE {q('ground_state_id')} IS NOT NULL "
+            f"OR EXISTS (SELECT 1 FROM {q('states')} s WHERE s.{q('species_id')} = {q('species')}.id)")
+        return cursor.rowcount
+
+
+def housekeeping(using: str = DEFAULT_DB_ALIAS, *, skip_calc: bool = False,
+                 batch_size: int = ImportOptions.batch_size, rebuild_xml: bool = False) -> list:
+    """After an import: ground states, Einstein A still missing, planner statistics; with
+    ``rebuild_xml``, the XSAMS sources of the references first.
+
+    Returns the phases (name, rows, seconds).
     """
-    attempt = 0
-    while True:
-        try:
-            if attempt and using in _held_locks:
-                _held_locks[using].check()
-            if attempt and already_done is not None:
-                done = already_done()
-                if done is not None:
-                    return done
-            return work()
-        except Exception as error:
-            if error_kind(error) != TRANSIENT:
-                raise
-            if attempt >= retries:
-                raise DatabaseUnavailable(
-                    f"the database failed {attempt + 1} times ({_first_line(error)}); it "
-                    "may be down: rerun the same command to resume") from error
-            attempt += 1
-            if on_retry is not None:
-                on_retry(error)
-            reconnect(using)
-            time.sleep(min(30.0, RETRY_DELAY * 2 ** (attempt - 1)))
+    sources = [timed_phase("XSAMS sources", lambda: rebuild_source_xml(using))] if rebuild_xml else []
+    return sources + [
+        timed_phase("ground states", lambda: update_ground_states(using)),
+        timed_phase("derived values", lambda: 0 if skip_calc else fill_einstein_a(using, batch_size)),
+        timed_phase("statistics", lambda: analyze_tables(using))]
 
+
+def fill_einstein_a(using: str = DEFAULT_DB_ALIAS, batch_size: int = ImportOptions.batch_size) -> int:
+    """Compute Einstein A where it is missing and computable, a batch of rows at a time."""
+    q = connections[using].ops.quote_name
+    select = (f"SELECT t.id, t.loggf, u.{q('J_scaled')}, t.wave FROM transitions t "
+              f"JOIN states u ON u.id = t.upstate WHERE {missing_einstein_a(q)} AND t.id > %s "
+              "ORDER BY t.id LIMIT %s")
+    filled, last = 0, 0
+    while True:
+        with transaction.atomic(using=using), connections[using].cursor() as cursor:
+            cursor.execute(select, [last, batch_size])
+            rows = cursor.fetchall()
+            if not rows:
+                return filled
+            last = rows[-1][0]
+            values = []
+            for row_id, loggf, j_scaled, wave in rows:
+                try:
+                    values.append((einstein_a(str(loggf), j_scaled, str(wave)), row_id))
+                except RejectedLine:  # overflows: left empty
+                    pass
+            cursor.executemany("UPDATE transitions SET einsteina = %s WHERE id = %s", values)
+            filled += len(values)
+
+
+def missing_einstein_a(q) -> str:
+    """SQL: transition t (upper level u) has no Einstein A though einstein_a() would give one."""
+    return f"t.einsteina IS NULL AND t.loggf IS NOT NULL AND u.{q('J_scaled')} >= 0 AND t.wave <> 0"
+
+
+def analyze_tables(using: str = DEFAULT_DB_ALIAS) -> int:
+    """Refresh the query planner's statistics of the VALD tables; returns the tables analysed."""
+    tables = ("species", "states", "transitions")
+    with connections[using].cursor() as cursor:
+        for statement in Dialect.for_alias(using).analyze_sql(tables):
+            cursor.execute(statement)
+            if cursor.description:
+                cursor.fetchall()
+    return len(tables)
+
+
+def duplicate_levels(using: str = DEFAULT_DB_ALIAS) -> int:
+    """Level rows beyond the first for one (species, energy, J)."""
+    q = connections[using].ops.quote_name
+    return _scalar(using, "SELECT COALESCE(SUM(n - 1), 0) FROM (SELECT COUNT(*) AS n FROM states "
+                          f"GROUP BY species_id, energy, {q('J')} HAVING COUNT(*) > 1) d")
+
+
+# ---------------------------------------------------------------- passes ----
 
 class BatchImport:
     """One run of a pass over an input.
@@ -4003,6 +4284,497 @@ def _arrays_unpickled(data: bytes, buffer, start: int):
     return Unpickler(io.BytesIO(data)).load()
 
 
+# ---------------------------------------------------------------- verify ----
+
+HFS_CONSTANTS = ("hfs_A", "hfs_dA", "hfs_B", "hfs_dB")
+
+
+def verify(using: str = DEFAULT_DB_ALIAS, *, dump: str | None = None,
+           skip_header: int = ImportOptions.skip_header, workers: int | None = None,
+           progress: bool = False) -> Report:
+    """Check the database: links, uniqueness, derived values, indexes, and the dump's counts."""
+    checks = database_checks(using)
+    checks.append(reference_check(using))
+    checks.append(index_check(using))
+    if dump is not None:
+        checks.append(dump_check(using, dump, skip_header, workers, progress))
+    failed = [c for c in checks if not c.ok]
+    rows = [(c.name, f"{c.count:,}", "ok" if c.ok else "FAILED" + (f": {c.detail}" if c.detail else "")
+             + (f" ({c.fix})" if c.fix else "")) for c in checks]
+    verdict = (f"all {len(checks)} checks passed" if not failed
+               else f"{len(failed)} of {len(checks)} checks failed: "
+                    + ", ".join(c.name for c in failed))
+    data = [dict(check=c.name, count=c.count, ok=c.ok, detail=c.detail, fix=c.fix) for c in checks]
+    return Report(f"verify: {describe_database(using)}", ("check", "count", "verdict"), rows,
+                  verdict, not failed, data)
+
+
+def database_checks(using: str) -> list[Check]:
+    """The checks that need only the database: each one SQL count, and when it is not zero
+    one LIMIT query that names the first failing rows."""
+    dialect = Dialect.for_alias(using)
+    q, real = dialect.q, dialect.float_type
+    j, j_scaled = q("J"), q("J_scaled")
+
+    def num(column):
+        return f"CAST({column} AS {real})"
+    ritz_off = (f"ABS({num('t.waveritz')} - 100000000.0 / ABS({num('u.energy')} - {num('l.energy')})) "
+                f"> {num('t.waveritz')} * {num('t.waveritz')} * 1e-12 + 1e-5")
+    # how every XSAMS source of this node starts: <Source sourceID="B<node id>-
+    source_prefix = ET.tostring(ET.Element("Source", sourceID=f"B{node_id()}-")).decode()[:-len('" />')]
+    transition = (("t.id", "t.species_id", "t.wave"), _name_transition)
+    level = (("s.id", "s.species_id", "s.energy", f"s.{j}"), _name_level)
+
+    def failing(tables, where, columns, named):
+        """(the count, the SQL naming the first failing rows, how it names a row)."""
+        return (f"SELECT COUNT(*) FROM {tables} WHERE {where}",
+                f"SELECT {', '.join(columns)} FROM {tables} WHERE {where} "
+                f"ORDER BY {columns[0]} LIMIT {EXAMPLES}", named)
+    hfs_differ = " OR ".join(sql_differ(f"s.{q(c)}", f"m.{q(c)}") for c in HFS_CONSTANTS)
+    hfs_levels = failing("states s LEFT JOIN hfs_matches m ON m.state_id = s.id", hfs_differ, *level)
+    queries = [
+        ("transitions whose upper level is missing", "rollback the run that stored them, or reimport",
+         failing("transitions t", "NOT EXISTS (SELECT 1 FROM states s WHERE s.id = t.upstate)",
+                 *transition), ()),
+        ("transitions whose lower level is missing", "rollback the run that stored them, or reimport",
+         failing("transitions t", "NOT EXISTS (SELECT 1 FROM states s WHERE s.id = t.lostate)",
+                 *transition), ()),
+        ("transitions whose species is missing", "import-species",
+         failing("transitions t", "NOT EXISTS (SELECT 1 FROM species sp WHERE sp.id = t.species_id)",
+                 *transition), ()),
+        ("levels whose species is missing", "import-species",
+         failing("states s", "NOT EXISTS (SELECT 1 FROM species sp WHERE sp.id = s.species_id)",
+                 *level), ()),
+        ("levels stored twice (species, energy, J)", f"check-indexes {option('fix')} after removing the copies",
+         None, ()),
+        ("levels whose key disagrees with energy or J", "reimport these levels",
+         failing("states s", f"s.energy_scaled <> ROUND(s.energy * 10000) OR "
+                 f"s.{j_scaled} <> CASE WHEN s.{j} IS NULL THEN -1 ELSE ROUND(s.{j} * 10) END", *level), ()),
+        ("levels used by no transition", "import-transitions, or rollback the run that stored them",
+         failing("states s", dialect.unused_level("s"), *level), ()),
+        ("Einstein A missing where computable", "housekeeping",
+         failing("transitions t JOIN states u ON u.id = t.upstate", missing_einstein_a(q), *transition), ()),
+        ("species whose ground state is not their lowest level", "housekeeping",
+         failing("species sp", "EXISTS (SELECT 1 FROM states s WHERE s.species_id = sp.id) AND NOT EXISTS "
+                 "(SELECT 1 FROM states g WHERE g.id = sp.ground_state_id AND g.species_id = sp.id "
+                 "AND g.energy_scaled = (SELECT MIN(m.energy_scaled) FROM states m "
+                 "WHERE m.species_id = sp.id))", ("sp.id",), lambda row: f"species {row[0]}"), ()),
+        ("Ritz wavelengths that disagree with level energies", "",
+         failing("transitions t JOIN states u ON u.id = t.upstate JOIN states l ON l.id = t.lostate",
+                 "t.autoionized = %s AND t.waveritz IS NOT NULL "
+                 f"AND u.energy_scaled <> l.energy_scaled AND {ritz_off}",
+                 ("t.id", "t.species_id", "t.waveritz", "l.energy", "u.energy"), _name_ritz), (False,)),
+        ("references without the XSAMS source of this node", f"housekeeping {option('rebuild_xml')}",
+         failing("refs r", "r.xml IS NULL OR SUBSTR(r.xml, 1, %s) <> %s", ("r.id",),
+                 lambda row: f"reference {row[0]}"), (len(source_prefix), source_prefix)),
+        ("levels whose hyperfine constants differ from the last import-hfs",
+         "import-hfs with the AB file: it sets the constants of every level",
+         (f"SELECT ({hfs_levels[0]}) + (SELECT COUNT(*) FROM hfs_matches m WHERE NOT EXISTS "
+          "(SELECT 1 FROM states s WHERE s.id = m.state_id))", *hfs_levels[1:]), ()),
+    ]
+    checks = []
+    for name, fix, sql, params in queries:
+        if sql is None:
+            count = duplicate_levels(using)
+            names = duplicate_level_examples(using) if count else []
+        else:
+            count_sql, examples_sql, named = sql
+            count = _scalar(using, count_sql, params)
+            names = [named(row) for row in _rows(using, examples_sql, params)] if count else []
+        checks.append(Check(name, count, fix, _examples_text(names, count)))
+    return checks
+
+
+EXAMPLES = 5  # failing rows verify names per check
+REFERENCE_COLUMNS = {"transitions": ("wave_ref_id", "waveritz_ref_id", "loggf_ref_id", "gammarad_ref_id",
+                                     "gammastark_ref_id", "waals_ref_id"),
+                     "states": ("energy_ref_id", "lande_ref_id", "level_ref_id")}
+
+
+def reference_check(using: str) -> Check:
+    """Rows whose reference keys (a *_ref_id column, comma-joined keys) ``refs`` lacks."""
+    missing = missing_reference_keys(using)
+    detail = "; ".join(f"{column} {rows:,} row{'s' * (rows != 1)} ({', '.join(keys[:EXAMPLES])}"
+                       + (f" and {len(keys) - EXAMPLES} more keys)" if len(keys) > EXAMPLES else ")")
+                       for column, rows, keys in missing)
+    return Check("reference keys missing from refs (rows, per quantity)",
+                 sum(rows for _, rows, _ in missing),
+                 "import-references, with a BibTeX file that has these keys", detail)
+
+
+def missing_reference_keys(using: str) -> list:
+    """(column, rows, keys refs lacks) per *_ref_id column with such rows.
+
+    One GROUP BY per column: a few thousand distinct values, split into keys here,
+    however many rows there are; no join with refs, so the same SQL runs everywhere.
+    """
+    from node_common.models import Reference
+    known = set(Reference.objects.using(using).values_list("id", flat=True))
+    q = connections[using].ops.quote_name
+    out = []
+    for table, columns in REFERENCE_COLUMNS.items():
+        for column in columns:
+            rows, keys = 0, set()
+            for value, n in _rows(using, f"SELECT {q(column)}, COUNT(*) FROM {table} "
+                                         f"WHERE {q(column)} IS NOT NULL GROUP BY {q(column)}"):
+                lacking = [key for key in value.split(",") if key not in known]
+                if lacking:
+                    rows += n
+                    keys.update(lacking)
+            if rows:
+                out.append((column, rows, sorted(keys)))
+    return out
+
+
+def _examples_text(names: list, count: int) -> str:
+    """``level 7 (species 2601, ...); ... and N more``: the failing rows a check names."""
+    more = count - len(names)
+    return "; ".join(names) + (f" and {more:,} more" if names and more > 0 else "")
+
+
+def _fixed(value, places: int) -> str:
+    """A decimal column as text with its places, whatever type the driver returns."""
+    return "unknown" if value is None else f"{float(value):.{places}f}"
+
+
+def _name_transition(row) -> str:
+    return f"transition {row[0]} (species {row[1]}, wave {_fixed(row[2], 5)})"
+
+
+def _name_level(row) -> str:
+    return f"level {row[0]} (species {row[1]}, energy {_fixed(row[2], 4)}, J {_fixed(row[3], 1)})"
+
+
+def _name_ritz(row) -> str:
+    return (f"transition {row[0]} (species {row[1]}, waveritz {_fixed(row[2], 5)}, "
+            f"levels {_fixed(row[3], 4)} and {_fixed(row[4], 4)})")
+
+
+def duplicate_level_examples(using: str) -> list:
+    """The first few (species, energy, J) stored more than once, named with their row counts."""
+    q = connections[using].ops.quote_name
+    rows = _rows(using, f"SELECT species_id, energy, {q('J')}, COUNT(*) FROM states "
+                        f"GROUP BY species_id, energy, {q('J')} HAVING COUNT(*) > 1 "
+                        f"ORDER BY species_id, energy LIMIT {EXAMPLES}")
+    return [f"species {sp}, energy {_fixed(energy, 4)}, J {_fixed(j, 1)}: {n} rows"
+            for sp, energy, j, n in rows]
+
+
+# Indexes ---------------------------------------------------------------------
+
+@dataclass
+class DeclaredIndex:
+    """An index or unique constraint the models declare, and how to create it."""
+
+    model: type
+    name: str
+    columns: tuple
+    unique: bool
+    create: object  # editor -> None
+    implicit: bool = False  # a field's own index: any index starting with its column serves
+
+    def served_by(self, columns: tuple, unique: bool) -> bool:
+        if self.unique and not unique:
+            return False
+        return columns[:len(self.columns)] == self.columns if self.implicit else columns == self.columns
+
+    @property
+    def table(self) -> str:
+        return self.model._meta.db_table
+
+
+def declared_indexes() -> list[DeclaredIndex]:
+    """Every secondary index and unique constraint of the node_common and node_atom models."""
+    from django.apps import apps
+    from django.db.models import UniqueConstraint
+    declared = []
+    for label in ("node_common", "node_atom"):
+        for model in apps.get_app_config(label).get_models():
+            meta = model._meta
+
+            def columns(names, meta=meta):
+                return tuple(meta.get_field(n.lstrip("-")).column for n in names)
+            for index in meta.indexes:
+                declared.append(DeclaredIndex(model, index.name, columns(index.fields), False,
+                                              lambda e, i=index, m=model: e.add_index(m, i)))
+            for constraint in meta.constraints:
+                if isinstance(constraint, UniqueConstraint) and constraint.fields:
+                    declared.append(DeclaredIndex(model, constraint.name, columns(constraint.fields), True,
+                                                  lambda e, c=constraint, m=model: e.add_constraint(m, c)))
+            for f in meta.local_concrete_fields:
+                if f.primary_key or not (f.db_index or f.unique):
+                    continue
+                declared.append(DeclaredIndex(
+                    model, f"{meta.db_table}.{f.column}", (f.column,), f.unique,
+                    lambda e, f=f, m=model: e.execute(
+                        e._create_unique_sql(m, [f]) if f.unique else e._create_index_sql(m, fields=[f])),
+                    implicit=not f.unique))
+    return declared
+
+
+def missing_indexes(using: str = DEFAULT_DB_ALIAS, declared=None) -> list[DeclaredIndex]:
+    """Declared indexes with no live index (or unique constraint) on the same columns."""
+    declared = declared_indexes() if declared is None else declared
+    connection = connections[using]
+    live = {}
+    with connection.cursor() as cursor:
+        for table in {d.table for d in declared}:
+            live[table] = [(tuple(c["columns"]), c["unique"])
+                           for c in connection.introspection.get_constraints(cursor, table).values()
+                           if c["index"] or c["unique"]]
+    return [d for d in declared
+            if not any(d.served_by(columns, unique) for columns, unique in live[d.table])]
+
+
+def index_check(using: str) -> Check:
+    missing = missing_indexes(using)
+    return Check("declared indexes and constraints missing", len(missing), f"check-indexes {option('fix')}",
+                 ", ".join(d.name for d in missing))
+
+
+def check_indexes(using: str = DEFAULT_DB_ALIAS, *, fix: bool = False) -> Report:
+    """The declared indexes and whether they exist; with ``fix``, create the missing ones."""
+    declared = declared_indexes()
+    missing = {d.name for d in missing_indexes(using, declared)}
+    if fix and missing:
+        with connections[using].schema_editor() as editor:
+            for d in declared:
+                if d.name in missing:
+                    d.create(editor)
+    status = "created" if fix else "MISSING"
+    rows = [(d.table, d.name, ", ".join(d.columns), "unique" if d.unique else "",
+             status if d.name in missing else "present") for d in declared]
+    if not missing:
+        verdict = f"all {len(declared)} declared indexes and constraints are present"
+    elif fix:
+        verdict = f"created {len(missing)} missing: " + ", ".join(sorted(missing))
+    else:
+        verdict = (f"{len(missing)} of {len(declared)} missing: " + ", ".join(sorted(missing))
+                   + f"; run check-indexes {option('fix')} to create them")
+    return Report(f"check-indexes: {describe_database(using)}",
+                  ("table", "index", "columns", "kind", "status"), rows, verdict, fix or not missing)
+
+
+# Verify against the dump -----------------------------------------------------
+
+def dump_check(using: str, dump: str, skip_header: int = ImportOptions.skip_header,
+               workers: int | None = None, progress: bool = False) -> Check:
+    """Per species: the dump's data lines (less those the database refused) = transitions stored."""
+    inp = Input(dump)
+    runs = _runs_of_input(using, inp)
+    skip_calc = bool(runs and runs[-1].options.get("skip_calc"))
+    expected = dump_species_counts(inp, skip_header, skip_calc, ImportOptions(workers=workers,
+                                                                                 progress=progress))
+    expected.subtract(refused_species_counts(runs))
+    with connections[using].cursor() as cursor:
+        cursor.execute("SELECT species_id, COUNT(*) FROM transitions GROUP BY species_id")
+        stored = dict(cursor.fetchall())
+    differ = [(sp, n, stored.get(sp, 0)) for sp, n in sorted(expected.items()) if stored.get(sp, 0) != n]
+    shown = "; ".join(f"species {sp}: dump {n:,}, stored {m:,}" for sp, n, m in differ[:5])
+    more = f" and {len(differ) - 5} more" if len(differ) > 5 else ""
+    return Check(f"species whose transitions differ from {os.path.basename(inp.name)}", len(differ),
+                 "import it (again), or rollback the runs that doubled it", shown + more)
+
+
+def _runs_of_input(using, inp) -> list:
+    """The transition runs (not rolled back) whose input starts like ``inp``, oldest first."""
+    from node_common.models import ImportRun
+    runs = (ImportRun.objects.using(using).filter(command__in=WRITES_TRANSITIONS)
+            .exclude(status=ImportRun.ROLLED_BACK).order_by("id"))
+    return [r for r in runs if inp.head_matches(r.head_bytes, r.input_head)]
+
+
+def dump_species_counts(inp: Input, skip_header: int, skip_calc: bool, options: ImportOptions) -> Counter:
+    """Records the importer would store, per species."""
+    counts = Counter()
+    config = ParseConfig(skip_header, skip_calc, transitions=False)
+    progress = _progress_bar(inp, options)
+    try:
+        with parsing(read_batches(inp.blocks(), options.batch_size), config, options) as pairs:
+            for _, parsed in pairs:
+                species, count = np.unique(parsed.species, return_counts=True) if parsed.records else ((), ())
+                counts.update(dict(zip(np.asarray(species).tolist(), np.asarray(count).tolist())))
+                _advance(progress, inp, parsed.records)
+    finally:
+        progress.close()
+    return counts
+
+
+def refused_species_counts(runs) -> Counter:
+    """Per species, the lines these runs' reject files say the database refused."""
+    counts, seen = Counter(), set()
+    field_def = FIELD["species_id"]
+    for run in runs:
+        path = run.options.get("reject_file")
+        if not path or not os.path.exists(path):
+            continue
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                number, reason, raw = (line.rstrip("\n").split("\t", 2) + ["", ""])[:3]
+                if reason.startswith("refused by the database") and number not in seen:
+                    seen.add(number)
+                    counts[int(raw[field_def.start:field_def.end])] += 1
+    return counts
+
+
+# --------------------------------------------------------------- imports ----
+
+def run_import(command: str, source: str = "-", *, using: str = DEFAULT_DB_ALIAS,
+               options: ImportOptions | None = None) -> Summary:
+    """Run one import command over ``source`` (a path or "-" for stdin) into database ``using``."""
+    if command not in COMMANDS:
+        raise UsageError(f"unknown command {command!r}")
+    options = options or ImportOptions()
+    require_input(source)
+    started = time.monotonic()
+    if options.dry_run:
+        summary = _dry_run(command, Input(source), using, options)
+    else:
+        connect_database(using)
+        with database_lock(using, options.wait), writable(using):
+            if options.fast:
+                summary = FastLoad(command, source, using, options).run()
+            else:
+                if options.clear:
+                    confirm_clear(command, options)
+                prepare_database(using, options.retries)
+                if options.clear:
+                    clear_tables(command, using)
+                summary = _import_input(command, Input(source), using, options)
+            if not options.skip_housekeeping:
+                summary.phases += with_retries(using, options.retries, lambda: housekeeping(
+                    using, skip_calc=options.skip_calc, batch_size=options.batch_size))
+            if options.verify:
+                checked = time.monotonic()
+                summary.verified = verify(using, dump=None if source in ("-", None) else source,
+                                          skip_header=options.skip_header, workers=options.workers)
+                summary.phases.append(("verify", len(summary.verified.rows), time.monotonic() - checked))
+    summary.elapsed = time.monotonic() - started
+    return summary
+
+
+def require_input(source):
+    """Refuse to wait for standard input on a terminal: nothing is piped in."""
+    if source in ("-", None) and sys.stdin is not None and sys.stdin.isatty():
+        raise NoInput(f"there is no input: standard input is a terminal; give the input with "
+                      f"{option('file')}, or pipe it in")
+
+
+CLEARS = {"import-states": ("Transition", "State"), "import-transitions": ("Transition",),
+          "import": ("Transition", "State")}  # the tables a command fills, and all that hangs on them
+
+
+def confirm_clear(command: str, options: "ImportOptions", warning: str = ""):
+    """Go on emptying the tables only with the caller's confirmation (see confirmed())."""
+    tables = ", ".join(CLEARS[command]).lower().replace("transition", "transitions").replace(
+        "state", "states")
+    if warning:
+        log.warning(warning)
+    confirmed(options.confirm, f"Empty {tables} and import? [y/N] ", f"{option('clear')} empties {tables}")
+
+
+def clear_tables(command: str, using: str):
+    """Empty the tables ``command`` fills, and forget the runs that filled them."""
+    from django.apps import apps
+    from node_common.models import ImportRun, Species
+    writer = Writer.for_alias(using)
+    models = [apps.get_model("node_atom", m) for m in CLEARS[command]]
+    with transaction.atomic(using=using):
+        for model in models:
+            writer.clear_table(model._meta.db_table)
+        emptied = {m._meta.db_table for m in models}
+        runs = [c for c, covers in RunLedger.COVERS.items() if covers & emptied]
+        ImportRun.objects.using(using).filter(command__in=runs).delete()
+        if "states" in emptied:
+            Species.objects.using(using).update(ground_state=None)
+
+
+class FastLoad:
+    """--fast: a first load into emptied tables, the fastest way each engine allows.
+
+    On top of what every first load does (secondary indexes built at the end), the
+    PostgreSQL tables are UNLOGGED meanwhile, SQLite runs without a journal, MySQL
+    without uniqueness checks. The unique constraint of the levels stays in place and
+    is verified at the end. A crash in the middle can lose everything loaded (and, on
+    SQLite, corrupt the file).
+    """
+
+    RISKS = ("a fast load empties the tables first; until the run ends, a crash or a killed "
+             "process can lose everything loaded (on SQLite, corrupt the database file), and "
+             "queries on these tables are slow: their indexes are only built at the end.")
+
+    def __init__(self, command, source, using, options):
+        from django.apps import apps
+        self.command, self.source, self.using, self.options = command, source, using, options
+        self.models = [apps.get_model("node_atom", m) for m in CLEARS[command]]
+        self.phases = []
+
+    def run(self) -> Summary:
+        if not self.options.clear:
+            raise UsageError(f"{option('fast')} needs {option('clear')}: it loads into emptied tables; "
+                             f"add {option('clear')} (it deletes what these tables hold) or leave out "
+                             f"{option('fast')}")
+        confirm_clear(self.command, self.options, self.RISKS)
+        prepare_database(self.using, self.options.retries)
+        writer = Writer.for_alias(self.using)
+        tables = [m._meta.db_table for m in self.models]
+        self._phase("clear", lambda: clear_tables(self.command, self.using))
+        writer.start_fast(tables)
+        try:
+            summary = _import_input(self.command, Input(self.source), self.using, self.options)
+        finally:
+            self._phase("crash safety back", lambda: writer.end_fast(tables))
+        self._phase("verify", self._verify_unique)
+        summary.phases = self.phases[:1] + summary.phases + self.phases[1:]
+        return summary
+
+    def _phase(self, name, work):
+        self.phases.append(timed_phase(name, work))
+
+    def _verify_unique(self) -> int:
+        """Levels checked: none may be stored twice."""
+        duplicates = duplicate_levels(self.using)
+        if duplicates:
+            raise ValdImportError(f"{duplicates:,} levels are stored twice after the fast load: rerun "
+                                  f"it with {option('fast')} {option('clear')}, or without {option('fast')}")
+        from node_atom.models import State
+        return State.objects.using(self.using).count()
+
+
+def _import_input(command, inp, using, options) -> Summary:
+    """Import ``inp`` after what earlier runs on the same input committed."""
+    if not inp.head:
+        raise empty_input(inp)
+    writer = Writer.for_alias(using)
+    ledger = RunLedger(using, command, inp, options)
+    candidates = ledger.candidates()
+    while True:
+        candidate = candidates.pop(0) if candidates else None
+        with_retries(using, options.retries, lambda: ledger.begin(candidate),
+                     on_retry=lambda error: ledger.retried.append(_first_line(error)))
+        run = BatchImport(command, inp, writer, ledger, options)
+        try:
+            return run.run()
+        except PrefixMismatch as mismatch:
+            if not inp.reopenable:
+                raise UsageError(
+                    f"standard input differs from the input of run {ledger.candidate.id} (same "
+                    f"first bytes, different before line {mismatch.line:,}): it is another input; "
+                    f"{option('clear')} replaces what is imported with it, {option('restart')} adds all "
+                    f"of it as a new run; or give it with {option('file')} to compare it with every "
+                    "earlier run") from None
+            inp.reopen()
+        except RunStopped:
+            ledger.finish_quietly(ledger.model.STOPPED, run.tally, "stopped: the most rejected lines allowed")
+            raise
+        except KeyboardInterrupt:
+            ledger.finish_quietly(ledger.model.STOPPED, None, "interrupted")
+            raise
+        except BaseException as error:
+            ledger.finish_quietly(ledger.model.FAILED, None, _one_line(error))
+            raise
+
+
 def _dry_run(command, inp, using, options) -> Summary:
     """Parse and check the whole input, write the reject file; touch no table."""
     if not inp.head:
@@ -4024,30 +4796,6 @@ def _dry_run(command, inp, using, options) -> Summary:
     return Summary(command, inp.name, describe_database(using), None, tally, dry_run=True,
                    message="checked (dry run: nothing was written)",
                    reject_file=rejects.path if tally.rejected else None)
-
-
-def _progress_bar(inp, options):
-    from tqdm import tqdm
-    enabled = options.progress
-    if inp.size:
-        return tqdm(total=inp.size, unit="B", unit_scale=True, disable=not enabled,
-                    file=sys.stderr, desc=os.path.basename(inp.name))
-    return tqdm(unit=" records", unit_scale=True, disable=not enabled, file=sys.stderr, desc="stdin")
-
-
-def _advance(progress, inp, records: int = 0, note=None):
-    """Move the bar: bytes of a file as read from disk (compressed: so the ETA holds),
-    records of standard input; ``note()`` gives the text after it."""
-    if progress.disable:
-        return
-    if note is not None:
-        progress.set_postfix_str(note(), refresh=False)
-    progress.update(inp.position() - progress.n if inp.size else records)
-
-
-def _one_line(error) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}"
 
 
 def import_states(source="-", *, using=DEFAULT_DB_ALIAS, **options) -> Summary:
@@ -4074,49 +4822,6 @@ ELEMENTS = ("H He Li Be B C N O F Ne Na Mg Al Si P S Cl Ar K Ca Sc Ti V Cr Mn Fe
 SPECIES_HEADER = ("Use", "Index", "Name", "Charge", "InChI", "InChIkey", "Mass", "Ion. en.",
                   "Fract.", "Num. comp.", "N1", "N2", "N3", "N4", "Dummy")
 _ATOM_NAME = re.compile(r"(\d*)([A-Z][a-z]?)\b")
-
-
-def run_companion(command: str, source: str = "-", *, using: str = DEFAULT_DB_ALIAS,
-                  options: ImportOptions | None = None) -> Summary:
-    """Import one companion file in one transaction; returns its summary."""
-    options = options or ImportOptions()
-    if command != "import-hfs":  # which says that it needs a file
-        require_input(source)
-    connect_database(using)
-    with database_lock(using, options.wait), writable(using):
-        return _import_companion(command, source, using, options)
-
-
-def _import_companion(command, source, using, options) -> Summary:
-    prepare_database(using, options.retries)
-    started = time.monotonic()
-    # an AB file is checked before a run is recorded
-    ab = HyperfineFile(source, options.energy_tolerance) if command == "import-hfs" else None
-    inp = Input(source)
-    ledger = RunLedger(using, command, inp, options)
-    ledger.begin(None)
-    tally, rejects = Tally(), RejectFile(ledger.reject_path())
-    rejects.open()
-    importer = {"import-species": _species_rows, "import-linelists": _linelist_rows,
-                "import-references": _reference_rows, "import-hfs": _hfs_rows}[command]
-    try:
-        text = ab if ab is not None else b"".join(inp.lines()).decode("utf-8", "replace")
-        with transaction.atomic(using=using):
-            details = importer(text, using, tally, rejects.write)
-            ledger.finish(ledger.model.COMPLETED, tally)
-    except BaseException as error:
-        ledger.finish(ledger.model.FAILED, None, _one_line(error))
-        raise
-    finally:
-        rejects.close()
-        if ab is not None:
-            ab.close()
-    update_ground_states(using)
-    return Summary(command, inp.name, describe_database(using), ledger.run.id, tally,
-                   elapsed=time.monotonic() - started, details=details,
-                   reject_file=rejects.path if tally.rejected else None,
-                   read_label={"import-references": "entries read",
-                               "import-hfs": "rows read"}.get(command, "lines read"))
 
 
 def _upsert(model, using, objects, fields, unique=("pk",)) -> tuple[int, int, int]:
@@ -4321,151 +5026,8 @@ def _reference_rows(text, using, tally, reject):
     return [("references", upsert_counts(*counts)), *seen.details(), sources]
 
 
-# XSAMS sources: the <Source> element the node serves for each reference ----------
-
-SOURCE_CATEGORIES = {"article": "journal", "book": "book", "inbook": "book", "incollection": "book",
-                     "techreport": "report", "inproceedings": "proceedings",
-                     "conference": "proceedings", "proceedings": "proceedings",
-                     "phdthesis": "thesis", "mastersthesis": "thesis"}
-OTHER_SOURCE_CATEGORY = "private communication"  # misc, unpublished and any other type
-_NOT_IN_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
-_LATEX_ESCAPE = re.compile(r"\\([_%&#$~])")
-
-
-def node_id() -> str:
-    """The node's id in XSAMS source ids (``B<node id>-<key>``): the setting VALD_NODE_ID."""
-    from django.conf import settings
-    value = str(getattr(settings, "VALD_NODE_ID", "vald"))
-    if not value or _NOT_IN_XML.search(value) or any(c.isspace() for c in value):
-        raise UsageError(f"VALD_NODE_ID {value!r} cannot be part of an XSAMS source id: "
-                         "give one word without blanks (the default is vald)")
-    return value
-
-
-def source_xml(key: str, bibtex: str, node: str) -> tuple[str, bool]:
-    """The XSAMS ``<Source>`` element of one BibTeX entry, and whether its fields could be read.
-
-    An entry bibtexparser cannot read still gets a well-formed element: its id,
-    empty ``<Authors>`` and the entry text in ``<BibTeX>``.
-    """
-    fields = _source_fields(bibtex)
-    source = ET.Element("Source", sourceID=_xml_safe(f"B{node}-{key}"))
-    authors = ET.SubElement(source, "Authors")
-    if fields is not None:
-        for name in fields.pop("authors"):
-            ET.SubElement(ET.SubElement(authors, "Author"), "Name").text = name
-        pages = re.findall(r"\d+", fields.get("pages", ""))
-        for tag, value in (("Title", fields.get("title")), ("Category", fields["category"]),
-                           ("Year", fields.get("year")),
-                           ("SourceName", fields.get("journal") or fields.get("booktitle")),
-                           ("Volume", fields.get("volume")),
-                           ("PageBegin", pages[0] if pages else None),
-                           ("PageEnd", pages[-1] if len(pages) > 1 else None),
-                           ("UniformResourceIdentifier", fields.get("url")),
-                           ("DigitalObjectIdentifier", fields.get("doi"))):
-            if value:
-                ET.SubElement(source, tag).text = value
-    ET.SubElement(source, "BibTeX").text = _xml_safe(bibtex)
-    return ET.tostring(source, encoding="unicode"), fields is not None
-
-
-def _source_fields(bibtex: str) -> dict | None:
-    """The fields of a BibTeX entry as XSAMS wants them (LaTeX decoded to Unicode, braces
-    removed, blanks collapsed; authors "First von Last Jr"), or None if it cannot be read."""
-    import logging
-    import bibtexparser
-    from bibtexparser import middlewares, model
-    logging.getLogger("bibtexparser").setLevel(logging.CRITICAL)  # the caller reports failures
-    names = [middlewares.SeparateCoAuthors(), middlewares.SplitNameParts()]
-    library = bibtexparser.parse_string(bibtex, append_middleware=names)
-    if library.failed_blocks or len(library.entries) != 1:
-        return None
-    entry = library.entries[0]
-    values = {f.key.lower(): f.value for f in entry.fields}
-    authors = [" ".join(n.first + n.von + n.last + n.jr) for n in values.pop("author", [])]
-    # url and doi as written: in LaTeX, % would start a comment
-    kept = {k: _LATEX_ESCAPE.sub(r"\1", values.pop(k)) for k in ("url", "doi")
-            if isinstance(values.get(k), str)}
-    plain = [model.Field(k, v) for k, v in values.items() if isinstance(v, str)]
-    plain += [model.Field(f"author {i}", name) for i, name in enumerate(authors)]
-    decoded = _latex_decoder().transform_entry(model.Entry(entry.entry_type, entry.key, plain), library)
-    if not isinstance(decoded, model.Entry):
-        return None
-    fields = {f.key: _xml_safe(" ".join(f.value.split())) for f in decoded.fields}
-    fields.update((k, _xml_safe(" ".join(v.split()))) for k, v in kept.items())
-    fields["authors"] = [fields.pop(f"author {i}") for i in range(len(authors))]
-    fields["category"] = SOURCE_CATEGORIES.get(entry.entry_type.lower(), OTHER_SOURCE_CATEGORY)
-    return fields
-
-
-@functools.lru_cache(maxsize=1)
-def _latex_decoder():
-    from bibtexparser.middlewares import LatexDecodingMiddleware
-    return LatexDecodingMiddleware()
-
-
-def _xml_safe(text: str) -> str:
-    """``text`` without the characters XML 1.0 cannot hold (control characters): U+FFFD instead."""
-    return _NOT_IN_XML.sub("\ufffd", text)
-
-
-def _add_source_xml(refs) -> tuple[str, str]:
-    """Set ``xml`` of each Reference; the summary row counting the minimal elements."""
-    node, unread = node_id(), []
-    for ref in refs:
-        ref.xml, readable = source_xml(ref.id, ref.bibtex, node)
-        if not readable:
-            unread.append(ref.id)
-    shown = ", ".join(unread[:10]) + (f" and {len(unread) - 10} more" if len(unread) > 10 else "")
-    return ("XSAMS sources", f"{len(refs):,} for node {node!r}" + (
-        f", {len(unread):,} minimal (fields not readable: {shown})" if unread else ""))
-
-
-def rebuild_source_xml(using: str = DEFAULT_DB_ALIAS, batch_size: int = 1000) -> int:
-    """Regenerate the XSAMS source of every reference (after VALD_NODE_ID changed, or on a
-    database imported before refs.xml existed); returns the references whose XML changed."""
-    from node_common.models import Reference
-    node, changed, last = node_id(), 0, None
-    while True:
-        batch = Reference.objects.using(using).order_by("pk")
-        batch = list((batch.filter(pk__gt=last) if last is not None else batch)[:batch_size])
-        if not batch:
-            return changed
-        last = batch[-1].pk
-        stale = []
-        for ref in batch:
-            xml = source_xml(ref.pk, ref.bibtex or "", node)[0]
-            if xml != ref.xml:
-                ref.xml = xml
-                stale.append(ref)
-        Reference.objects.using(using).bulk_update(stale, ["xml"])
-        changed += len(stale)
-
-
-def import_species(source="-", *, using=DEFAULT_DB_ALIAS, **options) -> Summary:
-    """Species list: upsert species (placeholders get their names) and components."""
-    return run_companion("import-species", source, using=using, options=ImportOptions(**options))
-
-
-def import_linelists(source="-", *, using=DEFAULT_DB_ALIAS, **options) -> Summary:
-    """Line lists, and their methods on what is already stored."""
-    return run_companion("import-linelists", source, using=using, options=ImportOptions(**options))
-
-
-def import_references(source="-", *, using=DEFAULT_DB_ALIAS, **options) -> Summary:
-    """BibTeX references."""
-    return run_companion("import-references", source, using=using, options=ImportOptions(**options))
-
-
-def import_hfs(source, *, using=DEFAULT_DB_ALIAS, **options) -> Summary:
-    """Hyperfine constants of an AB file matched to the stored levels (``energy_tolerance`` in
-    cm-1, default 1.0); they replace the constants of every level."""
-    return run_companion("import-hfs", source, using=using, options=ImportOptions(**options))
-
-
 # Hyperfine constants ---------------------------------------------------------
 
-HFS_CONSTANTS = ("hfs_A", "hfs_dA", "hfs_B", "hfs_dB")
 HFS_STAGE_TABLE = "valdimport_stage_hfs"
 HFS_BATCH = 5000
 
@@ -4696,586 +5258,70 @@ def _apply_hfs_matches(cursor, using) -> tuple[int, int]:
     return cleared, cursor.rowcount
 
 
-def sql_differ(a: str, b: str) -> str:
-    """SQL: ``a`` and ``b`` differ, a NULL differing from any value but not from NULL."""
-    return f"({a} <> {b} OR ({a} IS NULL) <> ({b} IS NULL))"
+# The companion commands ------------------------------------------------------
+
+def run_companion(command: str, source: str = "-", *, using: str = DEFAULT_DB_ALIAS,
+                  options: ImportOptions | None = None) -> Summary:
+    """Import one companion file in one transaction; returns its summary."""
+    options = options or ImportOptions()
+    if command != "import-hfs":  # which says that it needs a file
+        require_input(source)
+    connect_database(using)
+    with database_lock(using, options.wait), writable(using):
+        return _import_companion(command, source, using, options)
 
 
-# ------------------------------------------------------------ operations ----
-
-def describe_database(using: str = DEFAULT_DB_ALIAS) -> str:
-    """Engine and location of a database, without its password."""
-    settings = connections[using].settings_dict
-    vendor = connections[using].vendor
-    if vendor == "sqlite":
-        return f"sqlite {settings['NAME']}"
-    host = settings.get("HOST") or "localhost"
-    port = f":{settings['PORT']}" if settings.get("PORT") else ""
-    user = f"{settings['USER']}@" if settings.get("USER") else ""
-    return f"{vendor} {user}{host}{port}/{settings['NAME']}"
-
-
-def connect_database(using: str = DEFAULT_DB_ALIAS):
-    """The connection of ``using``, checked to answer (else one clear line)."""
-    from django.core.exceptions import ImproperlyConfigured
-    require_driver(connections.settings[using]["ENGINE"])
+def _import_companion(command, source, using, options) -> Summary:
+    prepare_database(using, options.retries)
+    started = time.monotonic()
+    # an AB file is checked before a run is recorded
+    ab = HyperfineFile(source, options.energy_tolerance) if command == "import-hfs" else None
+    inp = Input(source)
+    ledger = RunLedger(using, command, inp, options)
+    ledger.begin(None)
+    tally, rejects = Tally(), RejectFile(ledger.reject_path())
+    rejects.open()
+    importer = {"import-species": _species_rows, "import-linelists": _linelist_rows,
+                "import-references": _reference_rows, "import-hfs": _hfs_rows}[command]
     try:
-        connection = connections[using]
-        connection.ensure_connection()
-    except ImproperlyConfigured as error:
-        reason = " ".join(str(error).split())  # Django's hint is on a second line
-        raise UsageError(f"cannot use the database: {reason}") from None
-    except Exception as error:
-        raise UsageError(f"cannot connect to {describe_database(using)}: {_first_line(error)}; "
-                         f"is the server running, and is {option('database_url')} right?") from None
-    return connection
-
-
-def prepare_database(using: str = DEFAULT_DB_ALIAS, retries: int = 5):
-    """Check that the database answers and create or migrate the schema when needed (the
-    import commands do, holding the database's lock)."""
-    plan = _migration_plan(connect_database(using))
-    if plan:
-        from django.core.management import call_command
-        with_retries(using, retries, lambda: call_command(
-            "migrate", database=using, interactive=False, verbosity=0))
-
-
-def require_schema(using: str = DEFAULT_DB_ALIAS):
-    """The operations never create a database or its tables: they refuse one without them
-    (a mistyped SQLite path or database name, say)."""
-    require_driver(connections.settings[using]["ENGINE"])
-    settings = connections[using].settings_dict
-    name = str(settings["NAME"])
-    if (connections[using].vendor == "sqlite" and name not in ("", ":memory:")
-            and not name.startswith("file:") and not os.path.exists(name)):
-        raise UsageError(f"there is no SQLite database {name}: check {option('database_url')} "
-                         "(the import commands create it)")
-    connection = connect_database(using)
-    if _migration_plan(connection):
-        from django.db.migrations.recorder import MigrationRecorder
-        if not MigrationRecorder(connection).applied_migrations():
-            raise UsageError(f"{describe_database(using)} holds no valdimport tables: check "
-                             f"{option('database_url')} (the import commands create them)")
-        raise UsageError(f"the tables of {describe_database(using)} are older than this "
-                         "valdimport: an import command (or manage.py migrate) updates them")
-
-
-def _migration_plan(connection) -> list:
-    from django.db.migrations.executor import MigrationExecutor
-    executor = MigrationExecutor(connection)
-    return executor.migration_plan(executor.loader.graph.leaf_nodes())
-
-
-@contextlib.contextmanager
-def writable(using: str):
-    """A database that refuses to be written (a read-only file, server or transaction) is
-    a matter of configuration: one clear line, exit 2, not a failure to resume."""
-    try:
-        yield
-    except Exception as error:
-        if not read_only(error):
-            raise
-        raise UsageError(f"cannot write to {describe_database(using)}: {_first_line(driver_error(error))}; "
-                         "make it writable (file permissions, the server's read-only mode, "
-                         f"the user's privileges) or choose another with {option('database_url')}") from error
-
-
-def _first_line(error) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
-
-
-def linelist_methods(using: str = DEFAULT_DB_ALIAS) -> dict:
-    """Line-list id -> method, from the linelists table."""
-    from node_common.models import LineList
-    return dict(LineList.objects.using(using).exclude(method=None).values_list("id", "method"))
-
-
-def undecoded_levels(using: str, run_id: int) -> list:
-    """[coupling, levels, an example description] per coupling, of the levels a run stored
-    whose description gave no quantum number (one GROUP BY over the run's levels)."""
-    from django.db.models import Count, Min
-    from node_atom.models import State
-    rows = State.objects.using(using).filter(
-        run_id=run_id, term_desc__isnull=False,
-        **{f"{column}__isnull": True for column in DECODED_QN_COLUMNS}).values(
-        "coupling_case").annotate(n=Count("id"), example=Min("term_desc")).order_by()
-    return sorted(([r["coupling_case"], r["n"], r["example"]] for r in rows),
-                  key=lambda row: row[0] or "")
-
-
-def apply_linelist_methods(using: str = DEFAULT_DB_ALIAS) -> tuple[int, int]:
-    """Set wave_method (from ll1) and energy_method (from the level's energy line list) of
-    rows already stored: one UPDATE per table, touching only rows whose method changes."""
-    dialect = Dialect.for_alias(using)
-    counts = []
-    with transaction.atomic(using=using), connections[using].cursor() as cursor:
-        for table, target, source in (("transitions", "wave_method", "ll1"),
-                                      ("states", "energy_method", "energy_linelist_id")):
-            cursor.execute(dialect.update_from_linelists_sql(table, target, source))
-            counts.append(cursor.rowcount)
-    return tuple(counts)
-
-
-def update_ground_states(using: str = DEFAULT_DB_ALIAS) -> int:
-    """Set species.ground_state_id to the lowest-energy level of each species with levels."""
-    q = connections[using].ops.quote_name
-    with transaction.atomic(using=using), connections[using].cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {q('species')} SET {q('ground_state_id')} = "
-            f"(SELECT s.id FROM {q('states')} s WHERE s.{q('species_id')} = {q('species')}.id "
-            f"ORDER BY s.{q('energy_scaled')}, s.id LIMIT 1) "
-            f"WHERE {q('ground_state_id')} IS NOT NULL "
-            f"OR EXISTS (SELECT 1 FROM {q('states')} s WHERE s.{q('species_id')} = {q('species')}.id)")
-        return cursor.rowcount
-
-
-def housekeeping(using: str = DEFAULT_DB_ALIAS, *, skip_calc: bool = False,
-                 batch_size: int = ImportOptions.batch_size, rebuild_xml: bool = False) -> list:
-    """After an import: ground states, Einstein A still missing, planner statistics; with
-    ``rebuild_xml``, the XSAMS sources of the references first.
-
-    Returns the phases (name, rows, seconds).
-    """
-    sources = [timed_phase("XSAMS sources", lambda: rebuild_source_xml(using))] if rebuild_xml else []
-    return sources + [
-        timed_phase("ground states", lambda: update_ground_states(using)),
-        timed_phase("derived values", lambda: 0 if skip_calc else fill_einstein_a(using, batch_size)),
-        timed_phase("statistics", lambda: analyze_tables(using))]
-
-
-def fill_einstein_a(using: str = DEFAULT_DB_ALIAS, batch_size: int = ImportOptions.batch_size) -> int:
-    """Compute Einstein A where it is missing and computable, a batch of rows at a time."""
-    q = connections[using].ops.quote_name
-    select = (f"SELECT t.id, t.loggf, u.{q('J_scaled')}, t.wave FROM transitions t "
-              f"JOIN states u ON u.id = t.upstate WHERE {missing_einstein_a(q)} AND t.id > %s "
-              "ORDER BY t.id LIMIT %s")
-    filled, last = 0, 0
-    while True:
-        with transaction.atomic(using=using), connections[using].cursor() as cursor:
-            cursor.execute(select, [last, batch_size])
-            rows = cursor.fetchall()
-            if not rows:
-                return filled
-            last = rows[-1][0]
-            values = []
-            for row_id, loggf, j_scaled, wave in rows:
-                try:
-                    values.append((einstein_a(str(loggf), j_scaled, str(wave)), row_id))
-                except RejectedLine:  # overflows: left empty
-                    pass
-            cursor.executemany("UPDATE transitions SET einsteina = %s WHERE id = %s", values)
-            filled += len(values)
-
-
-def missing_einstein_a(q) -> str:
-    """SQL: transition t (upper level u) has no Einstein A though einstein_a() would give one."""
-    return f"t.einsteina IS NULL AND t.loggf IS NOT NULL AND u.{q('J_scaled')} >= 0 AND t.wave <> 0"
-
-
-def analyze_tables(using: str = DEFAULT_DB_ALIAS) -> int:
-    """Refresh the query planner's statistics of the VALD tables; returns the tables analysed."""
-    tables = ("species", "states", "transitions")
-    with connections[using].cursor() as cursor:
-        for statement in Dialect.for_alias(using).analyze_sql(tables):
-            cursor.execute(statement)
-            if cursor.description:
-                cursor.fetchall()
-    return len(tables)
-
-
-def duplicate_levels(using: str = DEFAULT_DB_ALIAS) -> int:
-    """Level rows beyond the first for one (species, energy, J)."""
-    q = connections[using].ops.quote_name
-    return _scalar(using, "SELECT COALESCE(SUM(n - 1), 0) FROM (SELECT COUNT(*) AS n FROM states "
-                          f"GROUP BY species_id, energy, {q('J')} HAVING COUNT(*) > 1) d")
-
-
-def _scalar(using, sql, params=()):
-    with connections[using].cursor() as cursor:
-        cursor.execute(sql, params)
-        return int(cursor.fetchone()[0] or 0)
-
-
-# Verify ----------------------------------------------------------------------
-
-@dataclass
-class Check:
-    name: str
-    count: int
-    fix: str = ""  # what to do about it, shown when the check fails
-    detail: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.count == 0
-
-
-@dataclass
-class Report:
-    """What an operation found or did: ``table()`` for people, ``as_dict()`` for scripts."""
-
-    title: str
-    columns: tuple
-    rows: list
-    verdict: str = ""
-    ok: bool = True
-    data: object = None  # the JSON form of the rows, when not just rows by column
-
-    def table(self, form=python_option) -> str:
-        """The report as text, its options spelt by ``form`` (see option())."""
-        body = format_table(self.columns, rendered(self.rows, form)) if self.rows else "  (none)"
-        return "\n".join(part for part in (self.title, body, render_options(self.verdict, form)) if part)
-
-    def as_dict(self, form=python_option) -> dict:
-        rows = self.data if self.data is not None else [dict(zip(self.columns, r)) for r in self.rows]
-        return rendered({"title": self.title, "ok": self.ok, "verdict": self.verdict, "rows": rows}, form)
-
-
-def rendered(value, form):
-    """``value`` (text, or lists and dicts of it) with its option placeholders spelt by ``form``."""
-    if isinstance(value, str):
-        return render_options(value, form)
-    if isinstance(value, (list, tuple)):
-        return [rendered(v, form) for v in value]
-    if isinstance(value, dict):
-        return {k: rendered(v, form) for k, v in value.items()}
-    return value
-
-
-def verify(using: str = DEFAULT_DB_ALIAS, *, dump: str | None = None,
-           skip_header: int = ImportOptions.skip_header, workers: int | None = None,
-           progress: bool = False) -> Report:
-    """Check the database: links, uniqueness, derived values, indexes, and the dump's counts."""
-    checks = database_checks(using)
-    checks.append(reference_check(using))
-    checks.append(index_check(using))
-    if dump is not None:
-        checks.append(dump_check(using, dump, skip_header, workers, progress))
-    failed = [c for c in checks if not c.ok]
-    rows = [(c.name, f"{c.count:,}", "ok" if c.ok else "FAILED" + (f": {c.detail}" if c.detail else "")
-             + (f" ({c.fix})" if c.fix else "")) for c in checks]
-    verdict = (f"all {len(checks)} checks passed" if not failed
-               else f"{len(failed)} of {len(checks)} checks failed: "
-                    + ", ".join(c.name for c in failed))
-    data = [dict(check=c.name, count=c.count, ok=c.ok, detail=c.detail, fix=c.fix) for c in checks]
-    return Report(f"verify: {describe_database(using)}", ("check", "count", "verdict"), rows,
-                  verdict, not failed, data)
-
-
-def database_checks(using: str) -> list[Check]:
-    """The checks that need only the database: each one SQL count, and when it is not zero
-    one LIMIT query that names the first failing rows."""
-    dialect = Dialect.for_alias(using)
-    q, real = dialect.q, dialect.float_type
-    j, j_scaled = q("J"), q("J_scaled")
-
-    def num(column):
-        return f"CAST({column} AS {real})"
-    ritz_off = (f"ABS({num('t.waveritz')} - 100000000.0 / ABS({num('u.energy')} - {num('l.energy')})) "
-                f"> {num('t.waveritz')} * {num('t.waveritz')} * 1e-12 + 1e-5")
-    # how every XSAMS source of this node starts: <Source sourceID="B<node id>-
-    source_prefix = ET.tostring(ET.Element("Source", sourceID=f"B{node_id()}-")).decode()[:-len('" />')]
-    transition = (("t.id", "t.species_id", "t.wave"), _name_transition)
-    level = (("s.id", "s.species_id", "s.energy", f"s.{j}"), _name_level)
-
-    def failing(tables, where, columns, named):
-        """(the count, the SQL naming the first failing rows, how it names a row)."""
-        return (f"SELECT COUNT(*) FROM {tables} WHERE {where}",
-                f"SELECT {', '.join(columns)} FROM {tables} WHERE {where} "
-                f"ORDER BY {columns[0]} LIMIT {EXAMPLES}", named)
-    hfs_differ = " OR ".join(sql_differ(f"s.{q(c)}", f"m.{q(c)}") for c in HFS_CONSTANTS)
-    hfs_levels = failing("states s LEFT JOIN hfs_matches m ON m.state_id = s.id", hfs_differ, *level)
-    queries = [
-        ("transitions whose upper level is missing", "rollback the run that stored them, or reimport",
-         failing("transitions t", "NOT EXISTS (SELECT 1 FROM states s WHERE s.id = t.upstate)",
-                 *transition), ()),
-        ("transitions whose lower level is missing", "rollback the run that stored them, or reimport",
-         failing("transitions t", "NOT EXISTS (SELECT 1 FROM states s WHERE s.id = t.lostate)",
-                 *transition), ()),
-        ("transitions whose species is missing", "import-species",
-         failing("transitions t", "NOT EXISTS (SELECT 1 FROM species sp WHERE sp.id = t.species_id)",
-                 *transition), ()),
-        ("levels whose species is missing", "import-species",
-         failing("states s", "NOT EXISTS (SELECT 1 FROM species sp WHERE sp.id = s.species_id)",
-                 *level), ()),
-        ("levels stored twice (species, energy, J)", f"check-indexes {option('fix')} after removing the copies",
-         None, ()),
-        ("levels whose key disagrees with energy or J", "reimport these levels",
-         failing("states s", f"s.energy_scaled <> ROUND(s.energy * 10000) OR "
-                 f"s.{j_scaled} <> CASE WHEN s.{j} IS NULL THEN -1 ELSE ROUND(s.{j} * 10) END", *level), ()),
-        ("levels used by no transition", "import-transitions, or rollback the run that stored them",
-         failing("states s", dialect.unused_level("s"), *level), ()),
-        ("Einstein A missing where computable", "housekeeping",
-         failing("transitions t JOIN states u ON u.id = t.upstate", missing_einstein_a(q), *transition), ()),
-        ("species whose ground state is not their lowest level", "housekeeping",
-         failing("species sp", "EXISTS (SELECT 1 FROM states s WHERE s.species_id = sp.id) AND NOT EXISTS "
-                 "(SELECT 1 FROM states g WHERE g.id = sp.ground_state_id AND g.species_id = sp.id "
-                 "AND g.energy_scaled = (SELECT MIN(m.energy_scaled) FROM states m "
-                 "WHERE m.species_id = sp.id))", ("sp.id",), lambda row: f"species {row[0]}"), ()),
-        ("Ritz wavelengths that disagree with level energies", "",
-         failing("transitions t JOIN states u ON u.id = t.upstate JOIN states l ON l.id = t.lostate",
-                 "t.autoionized = %s AND t.waveritz IS NOT NULL "
-                 f"AND u.energy_scaled <> l.energy_scaled AND {ritz_off}",
-                 ("t.id", "t.species_id", "t.waveritz", "l.energy", "u.energy"), _name_ritz), (False,)),
-        ("references without the XSAMS source of this node", f"housekeeping {option('rebuild_xml')}",
-         failing("refs r", "r.xml IS NULL OR SUBSTR(r.xml, 1, %s) <> %s", ("r.id",),
-                 lambda row: f"reference {row[0]}"), (len(source_prefix), source_prefix)),
-        ("levels whose hyperfine constants differ from the last import-hfs",
-         "import-hfs with the AB file: it sets the constants of every level",
-         (f"SELECT ({hfs_levels[0]}) + (SELECT COUNT(*) FROM hfs_matches m WHERE NOT EXISTS "
-          "(SELECT 1 FROM states s WHERE s.id = m.state_id))", *hfs_levels[1:]), ()),
-    ]
-    checks = []
-    for name, fix, sql, params in queries:
-        if sql is None:
-            count = duplicate_levels(using)
-            names = duplicate_level_examples(using) if count else []
-        else:
-            count_sql, examples_sql, named = sql
-            count = _scalar(using, count_sql, params)
-            names = [named(row) for row in _rows(using, examples_sql, params)] if count else []
-        checks.append(Check(name, count, fix, _examples_text(names, count)))
-    return checks
-
-
-EXAMPLES = 5  # failing rows verify names per check
-REFERENCE_COLUMNS = {"transitions": ("wave_ref_id", "waveritz_ref_id", "loggf_ref_id", "gammarad_ref_id",
-                                     "gammastark_ref_id", "waals_ref_id"),
-                     "states": ("energy_ref_id", "lande_ref_id", "level_ref_id")}
-
-
-def reference_check(using: str) -> Check:
-    """Rows whose reference keys (a *_ref_id column, comma-joined keys) ``refs`` lacks."""
-    missing = missing_reference_keys(using)
-    detail = "; ".join(f"{column} {rows:,} row{'s' * (rows != 1)} ({', '.join(keys[:EXAMPLES])}"
-                       + (f" and {len(keys) - EXAMPLES} more keys)" if len(keys) > EXAMPLES else ")")
-                       for column, rows, keys in missing)
-    return Check("reference keys missing from refs (rows, per quantity)",
-                 sum(rows for _, rows, _ in missing),
-                 "import-references, with a BibTeX file that has these keys", detail)
-
-
-def missing_reference_keys(using: str) -> list:
-    """(column, rows, keys refs lacks) per *_ref_id column with such rows.
-
-    One GROUP BY per column: a few thousand distinct values, split into keys here,
-    however many rows there are; no join with refs, so the same SQL runs everywhere.
-    """
-    from node_common.models import Reference
-    known = set(Reference.objects.using(using).values_list("id", flat=True))
-    q = connections[using].ops.quote_name
-    out = []
-    for table, columns in REFERENCE_COLUMNS.items():
-        for column in columns:
-            rows, keys = 0, set()
-            for value, n in _rows(using, f"SELECT {q(column)}, COUNT(*) FROM {table} "
-                                         f"WHERE {q(column)} IS NOT NULL GROUP BY {q(column)}"):
-                lacking = [key for key in value.split(",") if key not in known]
-                if lacking:
-                    rows += n
-                    keys.update(lacking)
-            if rows:
-                out.append((column, rows, sorted(keys)))
-    return out
-
-
-def _examples_text(names: list, count: int) -> str:
-    """``level 7 (species 2601, ...); ... and N more``: the failing rows a check names."""
-    more = count - len(names)
-    return "; ".join(names) + (f" and {more:,} more" if names and more > 0 else "")
-
-
-def _fixed(value, places: int) -> str:
-    """A decimal column as text with its places, whatever type the driver returns."""
-    return "unknown" if value is None else f"{float(value):.{places}f}"
-
-
-def _name_transition(row) -> str:
-    return f"transition {row[0]} (species {row[1]}, wave {_fixed(row[2], 5)})"
-
-
-def _name_level(row) -> str:
-    return f"level {row[0]} (species {row[1]}, energy {_fixed(row[2], 4)}, J {_fixed(row[3], 1)})"
-
-
-def _name_ritz(row) -> str:
-    return (f"transition {row[0]} (species {row[1]}, waveritz {_fixed(row[2], 5)}, "
-            f"levels {_fixed(row[3], 4)} and {_fixed(row[4], 4)})")
-
-
-def _rows(using, sql, params=()) -> list:
-    with connections[using].cursor() as cursor:
-        cursor.execute(sql, params)
-        return cursor.fetchall()
-
-
-def duplicate_level_examples(using: str) -> list:
-    """The first few (species, energy, J) stored more than once, named with their row counts."""
-    q = connections[using].ops.quote_name
-    rows = _rows(using, f"SELECT species_id, energy, {q('J')}, COUNT(*) FROM states "
-                        f"GROUP BY species_id, energy, {q('J')} HAVING COUNT(*) > 1 "
-                        f"ORDER BY species_id, energy LIMIT {EXAMPLES}")
-    return [f"species {sp}, energy {_fixed(energy, 4)}, J {_fixed(j, 1)}: {n} rows"
-            for sp, energy, j, n in rows]
-
-
-# Indexes ---------------------------------------------------------------------
-
-@dataclass
-class DeclaredIndex:
-    """An index or unique constraint the models declare, and how to create it."""
-
-    model: type
-    name: str
-    columns: tuple
-    unique: bool
-    create: object  # editor -> None
-    implicit: bool = False  # a field's own index: any index starting with its column serves
-
-    def served_by(self, columns: tuple, unique: bool) -> bool:
-        if self.unique and not unique:
-            return False
-        return columns[:len(self.columns)] == self.columns if self.implicit else columns == self.columns
-
-    @property
-    def table(self) -> str:
-        return self.model._meta.db_table
-
-
-def declared_indexes() -> list[DeclaredIndex]:
-    """Every secondary index and unique constraint of the node_common and node_atom models."""
-    from django.apps import apps
-    from django.db.models import UniqueConstraint
-    declared = []
-    for label in ("node_common", "node_atom"):
-        for model in apps.get_app_config(label).get_models():
-            meta = model._meta
-
-            def columns(names, meta=meta):
-                return tuple(meta.get_field(n.lstrip("-")).column for n in names)
-            for index in meta.indexes:
-                declared.append(DeclaredIndex(model, index.name, columns(index.fields), False,
-                                              lambda e, i=index, m=model: e.add_index(m, i)))
-            for constraint in meta.constraints:
-                if isinstance(constraint, UniqueConstraint) and constraint.fields:
-                    declared.append(DeclaredIndex(model, constraint.name, columns(constraint.fields), True,
-                                                  lambda e, c=constraint, m=model: e.add_constraint(m, c)))
-            for f in meta.local_concrete_fields:
-                if f.primary_key or not (f.db_index or f.unique):
-                    continue
-                declared.append(DeclaredIndex(
-                    model, f"{meta.db_table}.{f.column}", (f.column,), f.unique,
-                    lambda e, f=f, m=model: e.execute(
-                        e._create_unique_sql(m, [f]) if f.unique else e._create_index_sql(m, fields=[f])),
-                    implicit=not f.unique))
-    return declared
-
-
-def missing_indexes(using: str = DEFAULT_DB_ALIAS, declared=None) -> list[DeclaredIndex]:
-    """Declared indexes with no live index (or unique constraint) on the same columns."""
-    declared = declared_indexes() if declared is None else declared
-    connection = connections[using]
-    live = {}
-    with connection.cursor() as cursor:
-        for table in {d.table for d in declared}:
-            live[table] = [(tuple(c["columns"]), c["unique"])
-                           for c in connection.introspection.get_constraints(cursor, table).values()
-                           if c["index"] or c["unique"]]
-    return [d for d in declared
-            if not any(d.served_by(columns, unique) for columns, unique in live[d.table])]
-
-
-def index_check(using: str) -> Check:
-    missing = missing_indexes(using)
-    return Check("declared indexes and constraints missing", len(missing), f"check-indexes {option('fix')}",
-                 ", ".join(d.name for d in missing))
-
-
-def check_indexes(using: str = DEFAULT_DB_ALIAS, *, fix: bool = False) -> Report:
-    """The declared indexes and whether they exist; with ``fix``, create the missing ones."""
-    declared = declared_indexes()
-    missing = {d.name for d in missing_indexes(using, declared)}
-    if fix and missing:
-        with connections[using].schema_editor() as editor:
-            for d in declared:
-                if d.name in missing:
-                    d.create(editor)
-    status = "created" if fix else "MISSING"
-    rows = [(d.table, d.name, ", ".join(d.columns), "unique" if d.unique else "",
-             status if d.name in missing else "present") for d in declared]
-    if not missing:
-        verdict = f"all {len(declared)} declared indexes and constraints are present"
-    elif fix:
-        verdict = f"created {len(missing)} missing: " + ", ".join(sorted(missing))
-    else:
-        verdict = (f"{len(missing)} of {len(declared)} missing: " + ", ".join(sorted(missing))
-                   + f"; run check-indexes {option('fix')} to create them")
-    return Report(f"check-indexes: {describe_database(using)}",
-                  ("table", "index", "columns", "kind", "status"), rows, verdict, fix or not missing)
-
-
-# Verify against the dump -----------------------------------------------------
-
-def dump_check(using: str, dump: str, skip_header: int = ImportOptions.skip_header,
-               workers: int | None = None, progress: bool = False) -> Check:
-    """Per species: the dump's data lines (less those the database refused) = transitions stored."""
-    inp = Input(dump)
-    runs = _runs_of_input(using, inp)
-    skip_calc = bool(runs and runs[-1].options.get("skip_calc"))
-    expected = dump_species_counts(inp, skip_header, skip_calc, ImportOptions(workers=workers,
-                                                                                 progress=progress))
-    expected.subtract(refused_species_counts(runs))
-    with connections[using].cursor() as cursor:
-        cursor.execute("SELECT species_id, COUNT(*) FROM transitions GROUP BY species_id")
-        stored = dict(cursor.fetchall())
-    differ = [(sp, n, stored.get(sp, 0)) for sp, n in sorted(expected.items()) if stored.get(sp, 0) != n]
-    shown = "; ".join(f"species {sp}: dump {n:,}, stored {m:,}" for sp, n, m in differ[:5])
-    more = f" and {len(differ) - 5} more" if len(differ) > 5 else ""
-    return Check(f"species whose transitions differ from {os.path.basename(inp.name)}", len(differ),
-                 "import it (again), or rollback the runs that doubled it", shown + more)
-
-
-def _runs_of_input(using, inp) -> list:
-    """The transition runs (not rolled back) whose input starts like ``inp``, oldest first."""
-    from node_common.models import ImportRun
-    runs = (ImportRun.objects.using(using).filter(command__in=WRITES_TRANSITIONS)
-            .exclude(status=ImportRun.ROLLED_BACK).order_by("id"))
-    return [r for r in runs if inp.head_matches(r.head_bytes, r.input_head)]
-
-
-def dump_species_counts(inp: Input, skip_header: int, skip_calc: bool, options: ImportOptions) -> Counter:
-    """Records the importer would store, per species."""
-    counts = Counter()
-    config = ParseConfig(skip_header, skip_calc, transitions=False)
-    progress = _progress_bar(inp, options)
-    try:
-        with parsing(read_batches(inp.blocks(), options.batch_size), config, options) as pairs:
-            for _, parsed in pairs:
-                species, count = np.unique(parsed.species, return_counts=True) if parsed.records else ((), ())
-                counts.update(dict(zip(np.asarray(species).tolist(), np.asarray(count).tolist())))
-                _advance(progress, inp, parsed.records)
+        text = ab if ab is not None else b"".join(inp.lines()).decode("utf-8", "replace")
+        with transaction.atomic(using=using):
+            details = importer(text, using, tally, rejects.write)
+            ledger.finish(ledger.model.COMPLETED, tally)
+    except BaseException as error:
+        ledger.finish(ledger.model.FAILED, None, _one_line(error))
+        raise
     finally:
-        progress.close()
-    return counts
+        rejects.close()
+        if ab is not None:
+            ab.close()
+    update_ground_states(using)
+    return Summary(command, inp.name, describe_database(using), ledger.run.id, tally,
+                   elapsed=time.monotonic() - started, details=details,
+                   reject_file=rejects.path if tally.rejected else None,
+                   read_label={"import-references": "entries read",
+                               "import-hfs": "rows read"}.get(command, "lines read"))
 
 
-def refused_species_counts(runs) -> Counter:
-    """Per species, the lines these runs' reject files say the database refused."""
-    counts, seen = Counter(), set()
-    field_def = FIELD["species_id"]
-    for run in runs:
-        path = run.options.get("reject_file")
-        if not path or not os.path.exists(path):
-            continue
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                number, reason, raw = (line.rstrip("\n").split("\t", 2) + ["", ""])[:3]
-                if reason.startswith("refused by the database") and number not in seen:
-                    seen.add(number)
-                    counts[int(raw[field_def.start:field_def.end])] += 1
-    return counts
+def import_species(source="-", *, using=DEFAULT_DB_ALIAS, **options) -> Summary:
+    """Species list: upsert species (placeholders get their names) and components."""
+    return run_companion("import-species", source, using=using, options=ImportOptions(**options))
+
+
+def import_linelists(source="-", *, using=DEFAULT_DB_ALIAS, **options) -> Summary:
+    """Line lists, and their methods on what is already stored."""
+    return run_companion("import-linelists", source, using=using, options=ImportOptions(**options))
+
+
+def import_references(source="-", *, using=DEFAULT_DB_ALIAS, **options) -> Summary:
+    """BibTeX references."""
+    return run_companion("import-references", source, using=using, options=ImportOptions(**options))
+
+
+def import_hfs(source, *, using=DEFAULT_DB_ALIAS, **options) -> Summary:
+    """Hyperfine constants of an AB file matched to the stored levels (``energy_tolerance`` in
+    cm-1, default 1.0); they replace the constants of every level."""
+    return run_companion("import-hfs", source, using=using, options=ImportOptions(**options))
 
 
 # Runs and rollback -----------------------------------------------------------
@@ -5297,14 +5343,6 @@ def list_runs(using: str = DEFAULT_DB_ALIAS, *, limit: int | None = None) -> Rep
     return Report(f"runs: {describe_database(using)}",
                   ("id", "command", "input", "started (UTC)", "duration", "status", "read",
                    "imported", "rejected", "skipped", "resumed from"), rows, data=data)
-
-
-def run_status(run) -> str:
-    """The run's status, "interrupted" for a running run whose process is gone."""
-    if (run.status == run.RUNNING and run.host == _host() and run.pid != os.getpid()
-            and not _process_alive(run)):
-        return "interrupted"
-    return run.status
 
 
 def _seconds(run) -> float:
@@ -5385,30 +5423,6 @@ def _delete_placeholder_species(using, cursor, ids) -> int:
 
 
 # ------------------------------------------------------------------- CLI ----
-
-SUPPORTED_ENGINES = {"django.db.backends.sqlite3", "django.db.backends.postgresql",
-                     "django.db.backends.mysql"}
-DRIVERS = {  # engine -> (the modules that can drive it, the extra that installs one, its package)
-    "django.db.backends.postgresql": (("psycopg2", "psycopg"), "postgres", "psycopg2-binary"),
-    "django.db.backends.mysql": (("MySQLdb",), "mysql", "mysqlclient"),
-}
-
-
-def require_driver(engine: str):
-    """Refuse an engine whose driver is not installed, naming the extra that installs it
-    (the base install is what SQLite needs: no driver that compiles)."""
-    import importlib
-    modules, extra, package = DRIVERS.get(engine, ((), None, None))
-    for module in modules:
-        try:
-            importlib.import_module(module)
-            return
-        except ImportError as error:
-            reason = _first_line(error)
-    if modules:
-        raise MissingDriver(f"{extra} needs the database driver {package}, which is not installed ({reason}): "
-                            f"pip install 'valdimport[{extra}]' (in a checkout: pip install -e '.[{extra}]')")
-
 
 def database_settings(url: str) -> dict:
     """Django DATABASES entry for a sqlite://, postgres:// or mysql:// URL."""
