@@ -3,17 +3,16 @@
 
 The dump is one fixed-width text file: a data line per transition, each
 usually followed by a reference line, both levels of the transition inline.
-Two passes fill the database (``import-states`` then ``import-transitions``)
-or one pass does both per batch (``import``); the same code writes SQLite,
-PostgreSQL and MySQL through Django's connections.
+``import`` stores the levels and transitions of a dump in one read (or
+``import-states`` then ``import-transitions`` in two); the same code writes
+SQLite, PostgreSQL and MySQL through Django's connections.
 
-    gunzip -c vald3_atoms_all.dat.gz | python valdimport.py import-states
-    gunzip -c vald3_atoms_all.dat.gz | python valdimport.py import-transitions
+    valdimport import --file vald3_atoms_all.dat.gz
+    gunzip -c vald3_atoms_all.dat.gz | valdimport import
 
 Then ``verify``, ``check-indexes``, ``runs``, ``rollback`` and ``housekeeping``
-look after what was imported.
-
-The byte layout is documented in FORMAT.md; run ``python valdimport.py --help``.
+look after what was imported. The byte layout is described in docs/format.md,
+the Python API in docs/api.md; run ``valdimport --help``.
 """
 from __future__ import annotations
 
