@@ -2711,8 +2711,9 @@ def require_driver(engine: str):
         except ImportError as error:
             reason = _first_line(error)
     if modules:
-        raise MissingDriver(f"{extra} needs the database driver {package}, which is not installed ({reason}): "
-                            f"pip install 'valdimport[{extra}]' (in a checkout: pip install -e '.[{extra}]')")
+        raise MissingDriver(f"{extra} needs the database driver {package}, which is not installed "
+                            f"({reason}): pip install 'valdimport[{extra}]' (in a checkout: "
+                            f"pip install -e '.[{extra}]')")
 
 
 def connect_database(using: str = DEFAULT_DB_ALIAS):
@@ -4344,7 +4345,8 @@ def database_checks(using: str) -> list[Check]:
         ("levels whose species is missing", "import-species",
          failing("states s", "NOT EXISTS (SELECT 1 FROM species sp WHERE sp.id = s.species_id)",
                  *level), ()),
-        ("levels stored twice (species, energy, J)", f"check-indexes {option('fix')} after removing the copies",
+        ("levels stored twice (species, energy, J)",
+         f"check-indexes {option('fix')} after removing the copies",
          None, ()),
         ("levels whose key disagrees with energy or J", "reimport these levels",
          failing("states s", f"s.energy_scaled <> ROUND(s.energy * 10000) OR "
