@@ -5590,15 +5590,20 @@ def front_end_options(values: dict, verbosity: int) -> ImportOptions:
     return options
 
 
-_notices = logging.StreamHandler()
-
-
-def show_notices(verbosity: int, stream):
-    """The library's notices on ``stream``: warnings always, the others from verbosity 1."""
-    _notices.setStream(stream)
-    _notices.setFormatter(logging.Formatter("valdimport: %(message)s"))
-    log.addHandler(_notices)
+@contextlib.contextmanager
+def notices(verbosity: int, stream):
+    """Meanwhile, the library's notices on ``stream``: warnings always, the others from
+    verbosity 1 (a Django command may run among others in one process: nothing stays)."""
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("valdimport: %(message)s"))
+    level = log.level
+    log.addHandler(handler)
     log.setLevel(logging.INFO if verbosity >= 1 else logging.WARNING)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
 
 
 def report_text(report: Report, as_json: bool, form=python_option) -> str:
@@ -5623,9 +5628,9 @@ class _DjangoCommand(BaseCommand):
     def run(self, options: dict, work):
         """``work(ImportOptions)``; errors become one-line CommandErrors with their exit code."""
         verbosity = options["verbosity"]
-        show_notices(verbosity, sys.stderr)
         try:
-            return work(front_end_options(options, verbosity))
+            with notices(verbosity, sys.stderr):
+                return work(front_end_options(options, verbosity))
         except ValdImportError as error:
             self._traceback(verbosity)
             raise CommandError(error.render(django_option), returncode=error.exit_code) from error
@@ -5703,16 +5708,9 @@ def main(argv=None) -> int:
               "(python3 -m venv .venv && .venv/bin/pip install -e .) and run it with .venv/bin/python",
               file=sys.stderr)
         return EXIT_USAGE
-    show_notices(verbosity, sys.stderr)
     try:
-        configure_django(args.database_url)
-        options = front_end_options(vars(args), verbosity)
-        if args.command in OPERATIONS:
-            report = run_operation(args.command, DEFAULT_DB_ALIAS, options, file=args.file
-                                   if args.command == "verify" else None)
-            print_output(report_text(report, args.json, cli_option))
-            return EXIT_OK if report.ok else EXIT_FAILED
-        summary = run_command(args.command, args.file, options=options, form=cli_option)
+        with notices(verbosity, sys.stderr):
+            return _main(args, verbosity)
     except ValdImportError as error:
         return _fail(verbosity, error.render(cli_option), error.exit_code)
     except KeyboardInterrupt:
@@ -5720,6 +5718,18 @@ def main(argv=None) -> int:
         return EXIT_INTERRUPTED
     except Exception as error:
         return _fail(verbosity, _first_line(error), EXIT_FAILED, hint=" (run with -v for the traceback)")
+
+
+def _main(args, verbosity: int) -> int:
+    """Run the command of the parsed ``args``; its exit status."""
+    configure_django(args.database_url)
+    options = front_end_options(vars(args), verbosity)
+    if args.command in OPERATIONS:
+        report = run_operation(args.command, DEFAULT_DB_ALIAS, options,
+                               file=args.file if args.command == "verify" else None)
+        print_output(report_text(report, args.json, cli_option))
+        return EXIT_OK if report.ok else EXIT_FAILED
+    summary = run_command(args.command, args.file, options=options, form=cli_option)
     print_output(summary.table(cli_option))
     return summary.exit_code
 

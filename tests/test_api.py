@@ -125,3 +125,15 @@ def test_library_messages_name_no_command_line_flag():
     for name in names:  # each front end can spell each of them
         assert vi.cli_option(name).startswith("--") and vi.django_option(name)
         assert "--" not in vi.python_option(name)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_front_end_leaves_the_library_logger_as_it_found_it(sqlite_only, capsys):
+    """The Django commands show the notices while they run, and then stop: a command run
+    among others in one process must not leave a handler on a stream that is gone."""
+    from django.core.management import call_command
+    before = (list(vi.log.handlers), vi.log.level)
+    call_command("runs", database=sqlite_only)
+    with pytest.raises(Exception):
+        call_command("rollback", "--run", "7", database=sqlite_only)
+    assert (list(vi.log.handlers), vi.log.level) == before
