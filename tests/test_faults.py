@@ -51,17 +51,17 @@ def committed(alias):
     return max(ImportRun.objects.using(alias).values_list("committed_line", flat=True), default=0)
 
 
-def test_lost_connections_are_retried_and_the_content_is_exact(server, long_dump):
+def test_lost_connections_are_retried_and_the_content_is_exact(server, long_dump, tmp_path):
     url = database_url(server)
     args = [sys.executable, str(ROOT / "valdimport.py"), "--database-url", url, "import",
             "--file", str(long_dump), "--batch-size", "20"]
-    reference = subprocess.run(args, cwd=ROOT, env=cli_env(), capture_output=True, text=True)
+    reference = subprocess.run(args, cwd=tmp_path, env=cli_env(), capture_output=True, text=True)
     assert reference.returncode == 0, reference.stderr
     expected = content(server)
     clear(server)
 
-    process = subprocess.Popen(args, cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(args, cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)  # a reject file goes there
     killed = 0
     for threshold in (200, 3000):
         while committed(server) < threshold and process.poll() is None:
@@ -82,7 +82,7 @@ def test_when_retries_run_out_the_run_stops_and_can_be_resumed(server, tmp_path)
     url = database_url(server)
     args = [sys.executable, str(ROOT / "valdimport.py"), "--database-url", url, "import",
             "--file", str(SAMPLE), "--batch-size", "10", "--retries", "0"]
-    process = subprocess.Popen(args, cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE,
+    process = subprocess.Popen(args, cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     while committed(server) < 100 and process.poll() is None:
         time.sleep(0.01)
@@ -94,7 +94,7 @@ def test_when_retries_run_out_the_run_stops_and_can_be_resumed(server, tmp_path)
     last = err.rstrip("\n").splitlines()[-1]
     assert last.startswith("valdimport: error: the database failed 1 times") and "resume" in last
     assert "Traceback" not in err
-    resumed = subprocess.run(args, cwd=ROOT, env=cli_env(), capture_output=True, text=True)
+    resumed = subprocess.run(args, cwd=tmp_path, env=cli_env(), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed" in summary_rows(resumed.stdout)
     from node_atom.models import Transition
