@@ -3,17 +3,16 @@
 
 The dump is one fixed-width text file: a data line per transition, each
 usually followed by a reference line, both levels of the transition inline.
-Two passes fill the database (``import-states`` then ``import-transitions``)
-or one pass does both per batch (``import``); the same code writes SQLite,
-PostgreSQL and MySQL through Django's connections.
+``import`` stores the levels and transitions of a dump in one read (or
+``import-states`` then ``import-transitions`` in two); the same code writes
+SQLite, PostgreSQL and MySQL through Django's connections.
 
-    gunzip -c vald3_atoms_all.dat.gz | python valdimport.py import-states
-    gunzip -c vald3_atoms_all.dat.gz | python valdimport.py import-transitions
+    valdimport import --file vald3_atoms_all.dat.gz
+    gunzip -c vald3_atoms_all.dat.gz | valdimport import
 
 Then ``verify``, ``check-indexes``, ``runs``, ``rollback`` and ``housekeeping``
-look after what was imported.
-
-The byte layout is documented in FORMAT.md; run ``python valdimport.py --help``.
+look after what was imported. The byte layout is described in docs/format.md,
+the Python API in docs/api.md; run ``valdimport --help``.
 """
 from __future__ import annotations
 
@@ -26,6 +25,7 @@ import hashlib
 import io
 import itertools
 import json
+import logging
 import lzma
 import math
 import os
@@ -38,7 +38,7 @@ import time
 import xml.etree.ElementTree as ET
 import zlib
 from collections import Counter, deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from operator import itemgetter
 from pathlib import Path
 
@@ -53,21 +53,84 @@ except ImportError as error:  # --help still answers; any command then says what
     BaseCommand, CommandError, DEFAULT_DB_ALIAS = object, Exception, "default"
     connections = transaction = np = None
 
+log = logging.getLogger("valdimport")  # notices (waiting for a lock, risks); the front ends show them
+log.addHandler(logging.NullHandler())  # a Python caller sees them only when it configures logging
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REJECTED = 0, 1, 2, 3
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 INTERRUPTED = "interrupted; rerun the same command to resume"
 
 
+def option(name: str) -> str:
+    """A placeholder for option ``name`` (an ImportOptions field, or ``file``, ``yes``,
+    ``database_url``) in a message: each front end renders it its own way, ``--skip-header``
+    on the command line, ``skip_header=N`` in Python (see ValdImportError.render)."""
+    return f"\x00{name}\x00"
+
+
+_OPTION = re.compile("\x00([a-z_]+)\x00")
+
+
+def render_options(text: str, form) -> str:
+    """``text`` with each option placeholder replaced by ``form(name)``."""
+    return _OPTION.sub(lambda match: form(match[1]), text)
+
+
 class ValdImportError(Exception):
-    """An error the user can fix; printed as one line, with ``exit_code``."""
+    """An error the user can fix; printed as one line, with ``exit_code``.
+
+    Its message names options through placeholders (see option()): ``str(error)`` gives
+    them as Python keyword arguments, ``render(form)`` as a front end spells them."""
 
     exit_code = EXIT_FAILED
+
+    def render(self, form) -> str:
+        return render_options(super().__str__(), form)
+
+    def __str__(self):
+        return self.render(python_option)
 
 
 class UsageError(ValdImportError):
     """Bad usage or configuration: missing file, bad URL, unreachable database."""
 
     exit_code = EXIT_USAGE
+
+
+class MissingDriver(UsageError):
+    """The database engine chosen needs a driver that is not installed."""
+
+
+class NoInput(UsageError):
+    """Standard input is a terminal: nothing is piped in, and no file was given."""
+
+
+class ConfirmationRequired(UsageError):
+    """A step that deletes data needs a confirmation, and none was given (see confirmed())."""
+
+
+class NotConfirmed(UsageError):
+    """The confirmation was asked for and refused: nothing was changed."""
+
+
+class Locked(UsageError):
+    """Another valdimport command is writing to the database."""
+
+
+class AnotherInput(UsageError):
+    """The transitions hold another input's: adding this one could store lines twice."""
+
+
+class NotADump(ValdImportError):
+    """The input is empty, or does not look like a VALD dump."""
+
+
+class RunStopped(ValdImportError):
+    """The most rejected lines allowed were reached; what was good is committed."""
+
+
+class DatabaseUnavailable(ValdImportError):
+    """Transient faults outlasted the retries."""
 
 
 class RejectedLine(ValueError):
@@ -2500,38 +2563,130 @@ def _merged(keys, ids, new_keys, new_ids):
     return np.insert(keys, at, new_keys), np.insert(ids, at, new_ids)
 
 
-# ---------------------------------------------------------------- passes ----
+# --------------------------------------------------------------- options ----
 
 COMMANDS = {
     "import-states": "pass 1: store every distinct level of the dump once",
     "import-transitions": "pass 2: store every transition, linked to its levels",
-    "import": "both passes per batch in a single read of the input (for pipes)",
+    "import": "both passes per batch in a single read of the input",
 }
 WRITES_TRANSITIONS = {"import-transitions", "import"}
+COMPANIONS = {
+    "import-species": "import the VALD species list (VALD_list_of_species.csv)",
+    "import-linelists": "import the line lists (linelists.dat) and apply their methods",
+    "import-references": "import the BibTeX references (VALD3_ref.bib) and their XSAMS sources",
+    "import-hfs": "import the hyperfine constants (SQLite file with table AB), matched to the levels",
+}
+OPERATIONS = {
+    "verify": "check the database: links, duplicates, derived values, indexes; --file: the dump's counts",
+    "check-indexes": "list the declared indexes and constraints missing from the database; --fix creates them",
+    "runs": "list the import runs",
+    "rollback": "remove the transitions of a run and the levels no other transition uses",
+    "housekeeping": "ground states, missing Einstein A and planner statistics, after imports; "
+                    "--rebuild-xml: the references' XSAMS sources",
+}
+IMPORTS = tuple(COMMANDS)
+PASS_2 = tuple(c for c in COMMANDS if c in WRITES_TRANSITIONS)
+FILE_IMPORTS = IMPORTS + tuple(COMPANIONS)
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a number, 0 or more, not {text}")
+    return value
+
+
+@dataclass(frozen=True)
+class Flag:
+    """How an option is given to a command (CLI and Django), and to which commands."""
+
+    name: str  # --batch-size
+    help: str
+    commands: tuple  # those it does something for
+    metavar: str | None = None
+    type: object = None
+    short: str | None = None
+    required: bool = False
+    help_for: dict = field(default_factory=dict)  # command -> its own help text
+
+
+def _option(default, name, help, commands, **flag):
+    return field(default=default, metadata={"flag": Flag(name, help, tuple(commands), **flag)})
 
 
 @dataclass
 class ImportOptions:
-    batch_size: int = 10_000
-    skip_header: int = 2
-    skip_calc: bool = False
-    restart: bool = False
-    append: bool = False  # add to tables that hold another input's transitions
-    wait: bool = False  # wait for the database's lock instead of stopping
-    reject_file: str | None = None
-    max_errors: int | None = None
-    retries: int = 5
-    workers: int | None = None  # parser processes; None: default_workers()
-    fast: bool = False
-    clear: bool = False
-    yes: bool = False
-    dry_run: bool = False
-    skip_housekeeping: bool = False
-    verify: bool = False
-    summary_json: str | None = None
-    quiet: bool = False
-    energy_tolerance: float = 1.0  # import-hfs, cm-1
-    progress: bool | None = None  # None: when stderr is a terminal and not quiet
+    """The options of every command, each defined once with its default: the CLI and the
+    Django commands make their arguments from these fields (for the commands each does
+    something for, see Flag), the Python API takes them as keyword arguments."""
+
+    reject_file: str | None = _option(
+        None, "--reject-file", "where rejected lines go (default: INPUT.runN.rejects in the working "
+        "directory, or beside the SQLite database when it is not writable)", FILE_IMPORTS, metavar="PATH")
+    wait: bool = _option(False, "--wait", "when another valdimport command is writing to the database, "
+                         "wait for it to finish instead of stopping", FILE_IMPORTS)
+    summary_json: str | None = _option(None, "--summary-json", "also write the summary, with its phases, "
+                                       "as JSON to PATH", FILE_IMPORTS, metavar="PATH")
+    energy_tolerance: float = _option(1.0, "--energy-tolerance", "largest energy difference (cm-1) between "
+                                      "a row and its level", ["import-hfs"], metavar="CM",
+                                      type=non_negative_float)
+    batch_size: int = _option(10_000, "--batch-size", "records per transaction", [*IMPORTS, "housekeeping"],
+                              metavar="N", type=positive_int, help_for={
+                                  "housekeeping": "rows per transaction when computing Einstein A"})
+    skip_header: int = _option(2, "--skip-header", "header lines at the top of the dump",
+                               [*IMPORTS, "verify"], metavar="N", type=non_negative_int)
+    skip_calc: bool = _option(False, "--skip-calc", "do not compute Einstein A (leave it empty)",
+                              [*PASS_2, "housekeeping"],
+                              help_for={"housekeeping": "do not compute missing Einstein A"})
+    restart: bool = _option(False, "--restart", "import the whole input as a new run, ignoring earlier "
+                            "runs on it", IMPORTS)
+    append: bool = _option(False, "--append", "add this input's transitions to tables that hold another "
+                           "input's (a dump in several pieces)", PASS_2)
+    max_errors: int | None = _option(None, "--max-errors", "stop (after committing what is good) once N "
+                                     "lines were rejected", IMPORTS, metavar="N", type=positive_int)
+    retries: int = _option(5, "--retries", "retries of a batch after a lost connection, deadlock or lock, "
+                           "waiting longer each time", IMPORTS, metavar="N", type=non_negative_int)
+    workers: int | None = _option(None, "--workers", "processes that parse while the main one writes "
+                                  "(default: one less than the cores, at least 1; 0: parse in the main "
+                                  "process)", [*IMPORTS, "verify"], metavar="N", type=non_negative_int,
+                                  help_for={"verify": "processes that parse the dump (default: one less "
+                                                      "than the cores, at least 1)"})
+    dry_run: bool = _option(False, "--dry-run", "parse and check everything, write the reject file; "
+                            "touch no table", IMPORTS)
+    fast: bool = _option(False, "--fast", "first load into emptied tables: indexes built after, no crash "
+                         "safety until the end (needs --clear)", IMPORTS)
+    clear: bool = _option(False, "--clear", "empty the tables this command fills (and their runs) first",
+                          IMPORTS)
+    verify: bool = _option(False, "--verify", "run verify at the end (with the dump's counts when it is a "
+                           "file); exit 1 when a check fails", IMPORTS)
+    skip_housekeeping: bool = _option(False, "--skip-housekeeping", "leave out the housekeeping after the "
+                                      "import (ground states, missing Einstein A, statistics); run the "
+                                      "housekeeping command later", IMPORTS)
+    fix: bool = _option(False, "--fix", "create the missing ones", ["check-indexes"])
+    limit: int | None = _option(None, "--limit", "only the last N runs", ["runs"], metavar="N",
+                                type=positive_int)
+    run: int | None = _option(None, "--run", "the run to roll back (see the runs command)", ["rollback"],
+                              metavar="ID", type=positive_int, required=True)
+    rebuild_xml: bool = _option(False, "--rebuild-xml", "regenerate the XSAMS source of every reference "
+                                "first (after VALD_NODE_ID changed)", ["housekeeping"])
+    # chosen by the caller, not flags: the CLI and the Django commands set them
+    progress: bool = False  # a progress bar on stderr
+    confirm: object = None  # see confirmed(): None, True, or a function that asks
 
     CONTENT_OPTIONS = ("skip_header",)  # options a run must share to continue another
 
@@ -2540,211 +2695,157 @@ class ImportOptions:
         names = cls.__dataclass_fields__
         return cls(**{k: v for k, v in values.items() if k in names and v is not None})
 
-
-@dataclass
-class Tally:
-    """The counts of a run; lines_read = imported + skipped + rejected."""
-
-    lines_read: int = 0
-    imported: int = 0
-    rejected: int = 0
-    skipped: Counter = field(default_factory=Counter)
-    states_new: int = 0
-    states_existing: int = 0
-    transitions: int = 0
-    species_created: list = field(default_factory=list)
-    undecoded: int = 0
-    undecoded_by_coupling: list = field(default_factory=list)  # [coupling, levels, an example]
-
-    def add(self, lines: int, parsed: ParsedBatch, refused: int = 0):
-        """Count a batch; ``refused`` records were parsed but refused by the database."""
-        self.lines_read += lines
-        self.imported += parsed.records - refused
-        self.rejected += len(parsed.rejects) + refused
-        self.skipped.update(parsed.skipped)
-
-    def copy(self) -> "Tally":
-        return replace(self, skipped=Counter(self.skipped), species_created=list(self.species_created),
-                       undecoded_by_coupling=list(self.undecoded_by_coupling))
-
-    def as_row(self) -> dict:
-        return dict(lines_read=self.lines_read, imported=self.imported, rejected=self.rejected,
-                    skipped=sum(self.skipped.values()),
-                    counts=dict(skipped=dict(self.skipped), states_new=self.states_new,
-                                states_existing=self.states_existing,
-                                transitions=self.transitions,
-                                species_created=self.species_created,
-                                undecoded=self.undecoded,
-                                undecoded_by_coupling=self.undecoded_by_coupling))
-
-    @classmethod
-    def from_run(cls, run) -> "Tally":
-        counts = run.counts or {}
-        return cls(run.lines_read, run.imported, run.rejected, Counter(counts.get("skipped", {})),
-                   counts.get("states_new", 0), counts.get("states_existing", 0),
-                   counts.get("transitions", 0), list(counts.get("species_created", [])),
-                   counts.get("undecoded", 0), list(counts.get("undecoded_by_coupling", [])))
-
-
-class RunLedger:
-    """The import_runs row of this run: which input, how far it is committed.
-
-    A rerun on the same input finds the earlier run (same first bytes, up to
-    64 KiB, same family of command), re-reads the committed prefix and checks its SHA-256,
-    then resumes that run or starts one that continues after it; nothing that
-    is committed is written twice. No row is touched before that check passes.
-    """
-
-    COVERS = {"import-states": {"states"}, "import-transitions": {"states", "transitions"},
-              "import": {"states", "transitions"}}
-
-    def __init__(self, using, command, inp: Input, options: ImportOptions):
-        from node_common.models import ImportRun
-        self.model, self.using, self.command = ImportRun, using, command
-        self.input, self.options = inp, options
-        self.run, self.candidate, self.resumed = None, None, False
-        self.retried = []  # the transient database errors this run retried
-        self.checkpoints = {}  # offset -> digest of the input up to the committed position
-
-    def candidates(self) -> list:
-        """Earlier runs whose committed rows cover what this command writes, for this input."""
-        if self.options.restart:
-            return []
-        wanted = self.COVERS[self.command]
-        families = [c for c, covers in self.COVERS.items() if wanted <= covers]
-        runs = self.model.objects.using(self.using).filter(
-            command__in=families, committed_bytes__gt=0).exclude(status=self.model.ROLLED_BACK)
-        content = {k: getattr(self.options, k) for k in ImportOptions.CONTENT_OPTIONS}
-        return sorted((r for r in runs if self._starts_like(r)
-                       and all(r.options.get(k) == v for k, v in content.items())
-                       # what an unfinished --fast run wrote may be gone after a crash
-                       and not (r.options.get("fast") and r.status != self.model.COMPLETED)),
-                      key=lambda r: (-r.committed_bytes, -r.id))
-
-    def _starts_like(self, run) -> bool:
-        """The input has the first bytes of ``run``'s (up to 64 KiB), or, when it is shorter
-        than those, it may be a part of that input (see is_part_of)."""
-        head = self.input.head
-        if run.head_bytes <= len(head):
-            return self.input.head_matches(run.head_bytes, run.input_head)
-        digest = InputDigest()
-        digest.update(head)
-        return self.is_part_of(run, len(head), digest.checkpoints)
-
     @staticmethod
-    def is_part_of(run, length: int, checkpoints: dict) -> bool:
-        """An input of ``length`` bytes with these checkpoint digests ends inside what ``run``
-        committed, and agrees with its input at its last checkpoint."""
-        last = max((offset for offset in checkpoints if offset <= length), default=None)
-        theirs = (run.counts or {}).get("checkpoints", {})
-        return (last is not None and length <= run.committed_bytes
-                and theirs.get(str(last)) == checkpoints[last])
+    def flags(command: str) -> list:
+        """(field, Flag) of the options ``command`` takes, in the order of --help."""
+        return [(f, f.metadata["flag"]) for f in fields(ImportOptions)
+                if "flag" in f.metadata and command in f.metadata["flag"].commands]
 
-    def begin(self, candidate=None):
-        """Start a new run, or get ready to check the input against ``candidate``."""
-        self.candidate, self.run, self.resumed = candidate, None, False
-        if candidate is None:
-            self._refuse_another_input()
-            self.run = self._create(start_line=1)
-        elif self._resumable(candidate):
-            _refuse_if_alive(candidate)
 
-    def _refuse_another_input(self):
-        """Transitions are not deduplicated: a revised or changed copy of an imported dump
-        would store most of them twice. Adding another input's is for --append (a dump in
-        several pieces) or --restart to say."""
-        if self.command not in WRITES_TRANSITIONS or self.options.append or self.options.restart:
-            return
-        other = (self.model.objects.using(self.using)
-                 .filter(command__in=WRITES_TRANSITIONS, committed_bytes__gt=0)
-                 .exclude(status=self.model.ROLLED_BACK).order_by("-id").first())
-        if other is not None:
-            name = "standard input" if self.input.name == "-" else self.input.name
-            raise UsageError(
-                f"the transitions table holds what run {other.id} imported ({other.command} "
-                f"{other.input_name}, {run_status(other)}) and {name} does not continue it: "
-                "adding it could store lines twice; --append adds its transitions to those, "
-                "--clear replaces them")
+FRONT_END_OPTIONS = {  # the options the front ends add: how Python callers say the same
+    "file": "a path as the source", "yes": "confirm=True", "database_url": "the DATABASES setting",
+}
 
-    def _resumable(self, run) -> bool:
-        return run.command == self.command and run.status != self.model.COMPLETED
 
-    def _create(self, **values):
-        now = _now()
-        run = self.model.objects.using(self.using).create(
-            command=self.command, input_name=self.input.name, input_size=self.input.size,
-            input_head=self.input.head_sha256, head_bytes=len(self.input.head),
-            options=_json_options(self.options), host=_host(), pid=os.getpid(),
-            started_at=now, updated_at=now, **values)
-        run.options["reject_file"] = os.path.abspath(  # named after the run: its id is known now
-            self.options.reject_file or default_reject_path(self.input.name, run.id, self.using))
-        self.model.objects.using(self.using).filter(pk=run.pk).update(options=run.options)
-        return run
+def python_option(name: str) -> str:
+    """An option as a Python caller gives it: ``clear=True``, ``skip_header``."""
+    if name in FRONT_END_OPTIONS:
+        return FRONT_END_OPTIONS[name]
+    return f"{name}=True" if ImportOptions.__dataclass_fields__[name].default is False else name
 
-    @property
-    def skip_to(self):
-        return self.candidate.committed_bytes if self.candidate else None
 
-    def reject_path(self) -> str:
-        """--reject-file, else the file of this run or of the run being resumed."""
-        resumed = self.candidate if self.candidate and self._resumable(self.candidate) else None
-        run = self.run or resumed
-        return os.path.abspath(self.options.reject_file or run.options.get("reject_file")
-                               or default_reject_path(self.input.name, run.id, self.using))
+def confirmed(confirm, question: str, what: str):
+    """Go on only with a confirmation: ``confirm`` is True (given beforehand, as --yes), or a
+    function that asks ``question`` and returns True or False (None: it could not ask).
+    The default, None, asks nothing: it raises ConfirmationRequired, naming ``what``."""
+    answer = confirm(question) if callable(confirm) else confirm
+    if answer is True:
+        return
+    if answer is False and callable(confirm):
+        raise NotConfirmed("not confirmed: nothing was changed")
+    raise ConfirmationRequired(f"{what} and needs a confirmation, and none could be asked for: "
+                               f"add {option('yes')} to run it unattended")
 
-    def reload(self):
-        return self.model.objects.using(self.using).get(pk=self.run.pk)
 
-    def prefix_verified(self, batch: Batch, prefix_lines: int, tally: Tally) -> Tally:
-        """The input matches the candidate up to its committed position: resume or continue it.
+# -------------------------------------------------------------- database ----
 
-        Returns the run's tally: the candidate's own when it is resumed, else
-        ``tally`` with the prefix counted as already imported.
-        """
-        candidate = self.candidate
-        if self._resumable(candidate):
-            self.run, self.resumed = candidate, True
-            tally = Tally.from_run(candidate)
-            self.model.objects.using(self.using).filter(pk=candidate.pk).update(
-                status=self.model.RUNNING, pid=os.getpid(), host=_host(), message="",
-                resumed_from_line=batch.last_line + 1)
-            candidate.resumed_from_line = batch.last_line + 1
-        else:
-            self.run = self._create(continues_run=candidate, start_line=batch.last_line + 1)
-            tally.lines_read += prefix_lines
-            tally.skipped["already imported"] += prefix_lines
-        self.record_batch(batch, tally)
-        return tally
+def _first_line(error) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
-    def record_batch(self, batch: Batch, tally: Tally):
-        """Save the committed position and the counts; call inside the batch's transaction."""
-        self.checkpoints = batch.checkpoints
-        self.model.objects.using(self.using).filter(pk=self.run.pk).update(
-            committed_line=batch.committed_line, committed_bytes=batch.end_offset,
-            committed_sha256=batch.sha256, updated_at=_now(), **self._row(tally))
 
-    def _row(self, tally: Tally) -> dict:
-        """The run's columns for ``tally``, with the input's checkpoints (see is_part_of)."""
-        row = tally.as_row()
-        row["counts"]["checkpoints"] = {str(offset): sha for offset, sha in self.checkpoints.items()}
-        return row
+def _one_line(error) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"
 
-    def finish(self, status: str, tally: Tally | None = None, message: str = ""):
-        if self.run is None:
-            return
-        values = dict(status=status, finished_at=_now(), updated_at=_now(), message=message)
-        if tally is not None:
-            values.update(self._row(tally))
-        self.model.objects.using(self.using).filter(pk=self.run.pk).update(**values)
 
-    def finish_quietly(self, status: str, tally: Tally | None, message: str):
-        """finish(), unless the database is gone: the run then stays "running", which a
-        rerun treats as interrupted (its process is dead) and resumes."""
+def describe_database(using: str = DEFAULT_DB_ALIAS) -> str:
+    """Engine and location of a database, without its password."""
+    settings = connections[using].settings_dict
+    vendor = connections[using].vendor
+    if vendor == "sqlite":
+        return f"sqlite {settings['NAME']}"
+    host = settings.get("HOST") or "localhost"
+    port = f":{settings['PORT']}" if settings.get("PORT") else ""
+    user = f"{settings['USER']}@" if settings.get("USER") else ""
+    return f"{vendor} {user}{host}{port}/{settings['NAME']}"
+
+
+SUPPORTED_ENGINES = {"django.db.backends.sqlite3", "django.db.backends.postgresql",
+                     "django.db.backends.mysql"}
+DRIVERS = {  # engine -> (the modules that can drive it, the extra that installs one, its package)
+    "django.db.backends.postgresql": (("psycopg2", "psycopg"), "postgres", "psycopg2-binary"),
+    "django.db.backends.mysql": (("MySQLdb",), "mysql", "mysqlclient"),
+}
+
+
+def require_driver(engine: str):
+    """Refuse an engine whose driver is not installed, naming the extra that installs it
+    (the base install is what SQLite needs: no driver that compiles)."""
+    import importlib
+    modules, extra, package = DRIVERS.get(engine, ((), None, None))
+    for module in modules:
         try:
-            reconnect(self.using)
-            self.finish(status, tally, message)
-        except Exception:
-            pass
+            importlib.import_module(module)
+            return
+        except ImportError as error:
+            reason = _first_line(error)
+    if modules:
+        raise MissingDriver(f"{extra} needs the database driver {package}, which is not installed "
+                            f"({reason}): pip install 'valdimport[{extra}]' (in a checkout: "
+                            f"pip install -e '.[{extra}]')")
+
+
+def connect_database(using: str = DEFAULT_DB_ALIAS):
+    """The connection of ``using``, checked to answer (else one clear line)."""
+    from django.core.exceptions import ImproperlyConfigured
+    require_driver(connections.settings[using]["ENGINE"])
+    try:
+        connection = connections[using]
+        connection.ensure_connection()
+    except ImproperlyConfigured as error:
+        reason = " ".join(str(error).split())  # Django's hint is on a second line
+        raise UsageError(f"cannot use the database: {reason}") from None
+    except Exception as error:
+        raise UsageError(f"cannot connect to {describe_database(using)}: {_first_line(error)}; "
+                         f"is the server running, and is {option('database_url')} right?") from None
+    return connection
+
+
+def prepare_database(using: str = DEFAULT_DB_ALIAS, retries: int = 5):
+    """Check that the database answers and create or migrate the schema when needed (the
+    import commands do, holding the database's lock)."""
+    plan = _migration_plan(connect_database(using))
+    if plan:
+        from django.core.management import call_command
+        with_retries(using, retries, lambda: call_command(
+            "migrate", database=using, interactive=False, verbosity=0))
+
+
+def require_schema(using: str = DEFAULT_DB_ALIAS):
+    """The operations never create a database or its tables: they refuse one without them
+    (a mistyped SQLite path or database name, say)."""
+    require_driver(connections.settings[using]["ENGINE"])
+    settings = connections[using].settings_dict
+    name = str(settings["NAME"])
+    if (connections[using].vendor == "sqlite" and name not in ("", ":memory:")
+            and not name.startswith("file:") and not os.path.exists(name)):
+        raise UsageError(f"there is no SQLite database {name}: check {option('database_url')} "
+                         "(the import commands create it)")
+    connection = connect_database(using)
+    if _migration_plan(connection):
+        from django.db.migrations.recorder import MigrationRecorder
+        if not MigrationRecorder(connection).applied_migrations():
+            raise UsageError(f"{describe_database(using)} holds no valdimport tables: check "
+                             f"{option('database_url')} (the import commands create them)")
+        raise UsageError(f"the tables of {describe_database(using)} are older than this "
+                         "valdimport: an import command (or manage.py migrate) updates them")
+
+
+def _migration_plan(connection) -> list:
+    from django.db.migrations.executor import MigrationExecutor
+    executor = MigrationExecutor(connection)
+    return executor.migration_plan(executor.loader.graph.leaf_nodes())
+
+
+@contextlib.contextmanager
+def writable(using: str):
+    """A database that refuses to be written (a read-only file, server or transaction) is
+    a matter of configuration: one clear line, exit 2, not a failure to resume."""
+    try:
+        yield
+    except Exception as error:
+        if not read_only(error):
+            raise
+        raise UsageError(f"cannot write to {describe_database(using)}: {_first_line(driver_error(error))}; "
+                         "make it writable (file permissions, the server's read-only mode, "
+                         f"the user's privileges) or choose another with {option('database_url')}") from error
+
+
+RETRY_DELAY = 0.5  # seconds before the first retry; doubled for each further one
+LOCK_POLL = 1.0  # seconds between tries of a command that waits for the lock (--wait)
+_LOCK_KEY = int.from_bytes(hashlib.sha256(b"valdimport").digest()[:8], "big", signed=True)
+_held_locks = {}  # alias -> the DatabaseLock this process holds
 
 
 def _now():
@@ -2754,10 +2855,6 @@ def _now():
 
 def _host():
     return socket.gethostname()[:255]
-
-
-def _json_options(options: ImportOptions) -> dict:
-    return {k: getattr(options, k) for k in ("batch_size", "skip_header", "skip_calc", "fast")}
 
 
 def _process_alive(run) -> bool:
@@ -2777,233 +2874,6 @@ def _refuse_if_alive(run):
     if _process_alive(run):
         raise UsageError(f"run {run.id} on this input is still running (pid {run.pid}); "
                          "wait for it to finish or stop it first")
-
-
-class RejectFile:
-    """``LINE_NUMBER<TAB>REASON<TAB>RAW_LINE`` per rejected line.
-
-    A batch's rejects are written (and synced) before the batch commits; a rerun
-    that resumes first drops the lines after the committed position, so a crash
-    at any moment leaves each rejected line in the file exactly once.
-    """
-
-    def __init__(self, path: str):
-        self.path = os.path.abspath(path)
-        directory = os.path.dirname(self.path)
-        if not os.access(directory, os.W_OK) or (
-                os.path.exists(self.path) and not os.access(self.path, os.W_OK)):
-            raise UsageError(f"cannot write the reject file {self.path}: permission denied; "
-                             "choose another with --reject-file")
-        self._file, self.written = None, 0
-
-    def open(self, keep_through_line: int | None = None):
-        """Start the file, keeping the rejects of lines up to ``keep_through_line`` if given."""
-        kept = []
-        if keep_through_line is not None and os.path.exists(self.path):
-            with open(self.path, encoding="utf-8", newline="\n") as old:
-                kept = [r for r in old if r.partition("\t")[0].isdigit()
-                        and int(r.partition("\t")[0]) <= keep_through_line]
-        self._file = open(self.path, "w", encoding="utf-8", newline="\n")
-        self._file.writelines(kept)
-        self._sync()
-
-    def write(self, rejects):
-        if rejects:
-            self._file.writelines(f"{n}\t{reason}\t{raw}\n" for n, reason, raw in rejects)
-            self._sync()
-            self.written += len(rejects)
-
-    def mark(self) -> int:
-        return self._file.tell()
-
-    def truncate(self, mark: int):
-        """Forget what was written after ``mark`` (a batch that did not commit)."""
-        self._file.seek(mark)
-        self._file.truncate()
-
-    def _sync(self):
-        self._file.flush()
-        os.fsync(self._file.fileno())
-
-    def close(self):
-        if self._file is not None:
-            empty = self._file.tell() == 0
-            self._file.close()
-            if empty:
-                os.remove(self.path)
-
-
-def default_reject_path(input_name: str, run_id: int | None, using: str | None = None) -> str:
-    """``NAME.runN.rejects`` (a dry run: ``NAME.dry-run.rejects``) in the first folder the run
-    can write: the working directory, beside the SQLite database, the temporary folder.
-
-    Never beside the input, whose folder may be read-only; named per run, so that two
-    runs never share (and delete) one file.
-    """
-    name = "stdin" if input_name == "-" else os.path.basename(input_name)
-    folders = [os.getcwd()]
-    if using is not None and connections[using].vendor == "sqlite":
-        folders.append(os.path.dirname(os.path.abspath(connections[using].settings_dict["NAME"])))
-    folders.append(tempfile.gettempdir())
-    folder = next((f for f in folders if os.access(f, os.W_OK)), folders[0])
-    return os.path.join(folder, f"{name}.run{run_id}.rejects" if run_id else f"{name}.dry-run.rejects")
-
-
-@dataclass
-class Summary:
-    """What a run did, for people (``table()``) and scripts (``as_dict()``)."""
-
-    command: str
-    input_name: str
-    database: str
-    run_id: int | None = None
-    tally: Tally = field(default_factory=Tally)
-    elapsed: float = 0.0
-    resumed_from_line: int | None = None
-    continues_run: int | None = None
-    reject_file: str | None = None
-    message: str = "completed"
-    details: list = field(default_factory=list)  # (label, value) rows of a companion import
-    read_label: str = "lines read"
-    dry_run: bool = False
-    retried: list = field(default_factory=list)  # transient database errors that were retried
-    records_now: int | None = None  # records this invocation read and checked (not the run's)
-    phases: list = field(default_factory=list)  # (name, rows or None, seconds)
-    verified: "Report | None" = None  # --verify
-
-    def __post_init__(self):
-        if self.records_now is None:
-            self.records_now = self.tally.imported + self.tally.rejected
-
-    @property
-    def rate(self) -> float:
-        """Records per second of this invocation (a resumed run counts what it added)."""
-        return self.records_now / self.elapsed if self.elapsed > 0 else 0.0
-
-    def as_dict(self) -> dict:
-        out = {k: v for k, v in self.__dict__.items() if k not in ("tally", "phases", "verified")}
-        row = self.tally.as_row()
-        counts = row.pop("counts")
-        out.update(row, skipped_by_reason=counts.pop("skipped"), **counts)
-        out["rate"] = round(self.rate, 1)
-        out["phases"] = [dict(phase=name, rows=rows, seconds=round(seconds, 3))
-                         for name, rows, seconds in self.phases]
-        if self.verified is not None:
-            out["verify"] = self.verified.as_dict()
-        return out
-
-    def write_json(self, path: str):
-        """--summary-json: the summary for monitoring."""
-        try:
-            with open(path, "w", encoding="utf-8") as f:
-                json.dump(self.as_dict(), f, indent=2, default=str)
-        except OSError as error:
-            raise UsageError(f"cannot write the summary to {path}: {error.strerror}; "
-                             "give a writable --summary-json path") from None
-
-    def table(self) -> str:
-        t = self.tally
-        skipped = ", ".join(f"{reason} {n:,}" for reason, n in sorted(t.skipped.items()))
-        rows = [
-            ("input", self.input_name),
-            ("database", self.database),
-            (self.read_label, f"{t.lines_read:,}"),
-            ("  valid" if self.dry_run else "  imported", f"{t.imported:,} records"),
-            ("  skipped", f"{sum(t.skipped.values()):,}" + (f"  ({skipped})" if skipped else "")),
-            ("  rejected", f"{t.rejected:,}" + (f"  -> {self.reject_file}" if t.rejected else "")),
-        ]
-        rows += self.details
-        if self.command in COMMANDS and not self.dry_run:
-            rows.append(("levels", f"{t.states_new:,} new, {t.states_existing:,} already stored"))
-            if t.undecoded:
-                rows.append(("undecoded levels", f"{t.undecoded:,} (description kept, no quantum numbers)"))
-                rows += [(f"  {coupling or 'no coupling'}", f"{n:,}  e.g. {example}")
-                         for coupling, n, example in t.undecoded_by_coupling]
-        if self.command in WRITES_TRANSITIONS and not self.dry_run:
-            rows.append(("transitions", f"{t.transitions:,}"))
-        if t.species_created:
-            shown = ", ".join(map(str, t.species_created[:10]))
-            more = f" and {len(t.species_created) - 10} more" if len(t.species_created) > 10 else ""
-            rows.append(("placeholder species", f"{len(t.species_created)} ({shown}{more})"))
-        if self.resumed_from_line:
-            rows.append(("resumed", f"from line {self.resumed_from_line:,}"))
-        if self.continues_run:
-            rows.append(("continues", f"run {self.continues_run}"))
-        if self.retried:
-            rows.append(("retries", f"{len(self.retried)} (last: {self.retried[-1][:60]})"))
-        rows.append(("elapsed", f"{self.elapsed:.2f} s  ({self.rate:,.0f} records/s)"))
-        width = max(19, *(len(name) for name, _ in rows))
-        head = f"{self.command}: " + (f"run {self.run_id} " if self.run_id else "") + self.message
-        lines = [head] + [f"  {name:<{width}}  {value}" for name, value in rows]
-        if self.phases:
-            lines += ["", phase_table(self.phases, self.records_now, self.elapsed)]
-        if self.verified is not None:
-            lines += ["", self.verified.table()]
-        return "\n".join(lines)
-
-    @property
-    def exit_code(self) -> int:
-        if self.verified is not None and not self.verified.ok:
-            return EXIT_FAILED
-        return EXIT_REJECTED if self.tally.rejected else EXIT_OK
-
-
-PHASE_COLUMNS = ("phase", "rows", "time", "rate")
-
-
-def timed_phase(name: str, work) -> tuple:
-    """(name, rows, seconds) of ``work()``, which returns the rows it handled."""
-    started = time.monotonic()
-    rows = work()
-    return name, rows, time.monotonic() - started
-
-
-def phase_rows(phases) -> list:
-    return [(name, _count(n), f"{seconds:.2f} s", _rate(n, seconds)) for name, n, seconds in phases]
-
-
-def phase_table(phases, total_rows=None, total_seconds=None) -> str:
-    """pgloader-style: one row per phase with its rows, time and rate, then the total."""
-    total = [("total", total_rows, total_seconds)] if total_seconds is not None else []
-    return format_table(PHASE_COLUMNS, phase_rows(list(phases) + total))
-
-
-def _count(n) -> str:
-    return "-" if n is None else f"{n:,}"
-
-
-def _rate(n, seconds) -> str:
-    return f"{n / seconds:,.0f}/s" if n and seconds and seconds >= 0.01 else ""
-
-
-def format_table(columns, rows, indent="  ") -> str:
-    """A plain text table; columns whose values look numeric are right-aligned."""
-    cells = [list(map(str, columns))] + [["" if v is None else str(v) for v in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
-    numeric = [all(_looks_numeric(row[i]) for row in cells[1:]) and len(cells) > 1
-               for i in range(len(columns))]
-    lines = []
-    for row in cells:
-        parts = [v.rjust(w) if right else v.ljust(w) for v, w, right in zip(row, widths, numeric)]
-        lines.append((indent + "  ".join(parts)).rstrip())
-    return "\n".join(lines)
-
-
-_NUMERIC_CELL = re.compile(r"-?|[\d,.]+( s|/s| min \d\d s)?")
-
-
-def _looks_numeric(text: str) -> bool:
-    return _NUMERIC_CELL.fullmatch(text) is not None
-
-
-RETRY_DELAY = 0.5  # seconds before the first retry; doubled for each further one
-LOCK_POLL = 1.0  # seconds between tries of a command that waits for the lock (--wait)
-_LOCK_KEY = int.from_bytes(hashlib.sha256(b"valdimport").digest()[:8], "big", signed=True)
-_held_locks = {}  # alias -> the DatabaseLock this process holds
-
-
-class Locked(UsageError):
-    """Another valdimport command is writing to the database."""
 
 
 class DatabaseLock:
@@ -3028,9 +2898,9 @@ class DatabaseLock:
             holder = self.holder()
             if not wait:
                 raise Locked(f"{holder} is writing to {describe_database(self.using)}; "
-                             "rerun with --wait to wait for it, or stop it first")
+                             f"rerun with {option('wait')} to wait for it, or stop it first")
             if not told:
-                print(f"valdimport: waiting for {holder} to finish (--wait)", file=sys.stderr)
+                log.info(f"waiting for {holder} to finish")
                 told = True
             time.sleep(LOCK_POLL)
 
@@ -3149,158 +3019,6 @@ def database_lock(using: str, wait: bool = False):
         lock.release()
 
 
-class RunStopped(ValdImportError):
-    """--max-errors was reached; what was good is committed."""
-
-
-def run_import(command: str, source: str = "-", *, using: str = DEFAULT_DB_ALIAS,
-               options: ImportOptions | None = None) -> Summary:
-    """Run one import command over ``source`` (a path or "-" for stdin) into database ``using``."""
-    if command not in COMMANDS:
-        raise UsageError(f"unknown command {command!r}")
-    options = options or ImportOptions()
-    started = time.monotonic()
-    if options.dry_run:
-        summary = _dry_run(command, Input(source), using, options)
-    else:
-        connect_database(using)
-        with database_lock(using, options.wait), writable(using):
-            if options.fast:
-                summary = FastLoad(command, source, using, options).run()
-            else:
-                if options.clear:
-                    confirm_clear(command, options)
-                prepare_database(using, options.retries)
-                if options.clear:
-                    clear_tables(command, using)
-                summary = _import_input(command, Input(source), using, options)
-            if not options.skip_housekeeping:
-                summary.phases += with_retries(using, options.retries, lambda: housekeeping(
-                    using, skip_calc=options.skip_calc, batch_size=options.batch_size))
-            if options.verify:
-                checked = time.monotonic()
-                summary.verified = verify(using, dump=None if source in ("-", None) else source,
-                                          skip_header=options.skip_header, workers=options.workers)
-                summary.phases.append(("verify", len(summary.verified.rows), time.monotonic() - checked))
-    summary.elapsed = time.monotonic() - started
-    return summary
-
-
-CLEARS = {"import-states": ("Transition", "State"), "import-transitions": ("Transition",),
-          "import": ("Transition", "State")}  # the tables a command fills, and all that hangs on them
-
-
-def confirm_clear(command: str, options: "ImportOptions", warning: str = ""):
-    """Ask on the terminal before emptying tables, unless --yes; refuse when there is none."""
-    tables = ", ".join(CLEARS[command]).lower().replace("transition", "transitions").replace(
-        "state", "states")
-    if warning:
-        print(warning, file=sys.stderr)
-    confirm(f"Empty {tables} and import? [y/N] ", options.yes,
-            f"--clear empties {tables} and asks for confirmation on a terminal, "
-            "and there is none: add --yes to run it unattended")
-
-
-def clear_tables(command: str, using: str):
-    """Empty the tables ``command`` fills, and forget the runs that filled them."""
-    from django.apps import apps
-    from node_common.models import ImportRun, Species
-    writer = Writer.for_alias(using)
-    models = [apps.get_model("node_atom", m) for m in CLEARS[command]]
-    with transaction.atomic(using=using):
-        for model in models:
-            writer.clear_table(model._meta.db_table)
-        emptied = {m._meta.db_table for m in models}
-        runs = [c for c, covers in RunLedger.COVERS.items() if covers & emptied]
-        ImportRun.objects.using(using).filter(command__in=runs).delete()
-        if "states" in emptied:
-            Species.objects.using(using).update(ground_state=None)
-
-
-class FastLoad:
-    """--fast: a first load into emptied tables, the fastest way each engine allows.
-
-    On top of what every first load does (secondary indexes built at the end), the
-    PostgreSQL tables are UNLOGGED meanwhile, SQLite runs without a journal, MySQL
-    without uniqueness checks. The unique constraint of the levels stays in place and
-    is verified at the end. A crash in the middle can lose everything loaded (and, on
-    SQLite, corrupt the file).
-    """
-
-    RISKS = ("--fast: the tables are emptied first; until the run ends, a crash or a killed "
-             "process can lose everything loaded (on SQLite, corrupt the database file), and "
-             "queries on these tables are slow: their indexes are only built at the end.")
-
-    def __init__(self, command, source, using, options):
-        from django.apps import apps
-        self.command, self.source, self.using, self.options = command, source, using, options
-        self.models = [apps.get_model("node_atom", m) for m in CLEARS[command]]
-        self.phases = []
-
-    def run(self) -> Summary:
-        if not self.options.clear:
-            raise UsageError("--fast needs --clear: it loads into emptied tables; add --clear "
-                             "(it deletes what these tables hold) or leave out --fast")
-        confirm_clear(self.command, self.options, self.RISKS)
-        prepare_database(self.using, self.options.retries)
-        writer = Writer.for_alias(self.using)
-        tables = [m._meta.db_table for m in self.models]
-        self._phase("clear", lambda: clear_tables(self.command, self.using))
-        writer.start_fast(tables)
-        try:
-            summary = _import_input(self.command, Input(self.source), self.using, self.options)
-        finally:
-            self._phase("crash safety back", lambda: writer.end_fast(tables))
-        self._phase("verify", self._verify_unique)
-        summary.phases = self.phases[:1] + summary.phases + self.phases[1:]
-        return summary
-
-    def _phase(self, name, work):
-        self.phases.append(timed_phase(name, work))
-
-    def _verify_unique(self) -> int:
-        """Levels checked: none may be stored twice."""
-        duplicates = duplicate_levels(self.using)
-        if duplicates:
-            raise ValdImportError(f"{duplicates:,} levels are stored twice after the "
-                                  "--fast load: rerun it with --fast --clear, or without --fast")
-        from node_atom.models import State
-        return State.objects.using(self.using).count()
-
-
-def _import_input(command, inp, using, options) -> Summary:
-    """Import ``inp`` after what earlier runs on the same input committed."""
-    if not inp.head:
-        raise empty_input(inp)
-    writer = Writer.for_alias(using)
-    ledger = RunLedger(using, command, inp, options)
-    candidates = ledger.candidates()
-    while True:
-        candidate = candidates.pop(0) if candidates else None
-        with_retries(using, options.retries, lambda: ledger.begin(candidate),
-                     on_retry=lambda error: ledger.retried.append(_first_line(error)))
-        run = BatchImport(command, inp, writer, ledger, options)
-        try:
-            return run.run()
-        except PrefixMismatch as mismatch:
-            if not inp.reopenable:
-                raise UsageError(
-                    f"standard input differs from the input of run {ledger.candidate.id} (same "
-                    f"first bytes, different before line {mismatch.line:,}): it is another input; "
-                    "--clear replaces what is imported with it, --restart adds all of it as a new "
-                    "run; or give it with --file to compare it with every earlier run") from None
-            inp.reopen()
-        except RunStopped:
-            ledger.finish_quietly(ledger.model.STOPPED, run.tally, "stopped by --max-errors")
-            raise
-        except KeyboardInterrupt:
-            ledger.finish_quietly(ledger.model.STOPPED, None, "interrupted")
-            raise
-        except BaseException as error:
-            ledger.finish_quietly(ledger.model.FAILED, None, _one_line(error))
-            raise
-
-
 def with_retries(using: str, retries: int, work, already_done=None, on_retry=None):
     """``work()``; after a transient database error, reconnect, wait and try again.
 
@@ -3332,9 +3050,755 @@ def with_retries(using: str, retries: int, work, already_done=None, on_retry=Non
             time.sleep(min(30.0, RETRY_DELAY * 2 ** (attempt - 1)))
 
 
-class DatabaseUnavailable(ValdImportError):
-    """Transient faults outlasted --retries."""
+def _scalar(using, sql, params=()):
+    with connections[using].cursor() as cursor:
+        cursor.execute(sql, params)
+        return int(cursor.fetchone()[0] or 0)
 
+
+def _rows(using, sql, params=()) -> list:
+    with connections[using].cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall()
+
+
+def sql_differ(a: str, b: str) -> str:
+    """SQL: ``a`` and ``b`` differ, a NULL differing from any value but not from NULL."""
+    return f"({a} <> {b} OR ({a} IS NULL) <> ({b} IS NULL))"
+
+
+# --------------------------------------------------------------- reports ----
+
+PHASE_COLUMNS = ("phase", "rows", "time", "rate")
+
+
+def timed_phase(name: str, work) -> tuple:
+    """(name, rows, seconds) of ``work()``, which returns the rows it handled."""
+    started = time.monotonic()
+    rows = work()
+    return name, rows, time.monotonic() - started
+
+
+def phase_rows(phases) -> list:
+    return [(name, _count(n), f"{seconds:.2f} s", _rate(n, seconds)) for name, n, seconds in phases]
+
+
+def phase_table(phases, total_rows=None, total_seconds=None) -> str:
+    """pgloader-style: one row per phase with its rows, time and rate, then the total."""
+    total = [("total", total_rows, total_seconds)] if total_seconds is not None else []
+    return format_table(PHASE_COLUMNS, phase_rows(list(phases) + total))
+
+
+def _count(n) -> str:
+    return "-" if n is None else f"{n:,}"
+
+
+def _rate(n, seconds) -> str:
+    return f"{n / seconds:,.0f}/s" if n and seconds and seconds >= 0.01 else ""
+
+
+def format_table(columns, rows, indent="  ") -> str:
+    """A plain text table; columns whose values look numeric are right-aligned."""
+    cells = [list(map(str, columns))] + [["" if v is None else str(v) for v in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    numeric = [all(_looks_numeric(row[i]) for row in cells[1:]) and len(cells) > 1
+               for i in range(len(columns))]
+    lines = []
+    for row in cells:
+        parts = [v.rjust(w) if right else v.ljust(w) for v, w, right in zip(row, widths, numeric)]
+        lines.append((indent + "  ".join(parts)).rstrip())
+    return "\n".join(lines)
+
+
+_NUMERIC_CELL = re.compile(r"-?|[\d,.]+( s|/s| min \d\d s)?")
+
+
+def _looks_numeric(text: str) -> bool:
+    return _NUMERIC_CELL.fullmatch(text) is not None
+
+
+@dataclass
+class Check:
+    name: str
+    count: int
+    fix: str = ""  # what to do about it, shown when the check fails
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.count == 0
+
+
+@dataclass
+class Report:
+    """What an operation found or did: ``table()`` for people, ``as_dict()`` for scripts."""
+
+    title: str
+    columns: tuple
+    rows: list
+    verdict: str = ""
+    ok: bool = True
+    data: object = None  # the JSON form of the rows, when not just rows by column
+
+    def table(self, form=python_option) -> str:
+        """The report as text, its options spelt by ``form`` (see option())."""
+        body = format_table(self.columns, rendered(self.rows, form)) if self.rows else "  (none)"
+        return "\n".join(part for part in (self.title, body, render_options(self.verdict, form)) if part)
+
+    def as_dict(self, form=python_option) -> dict:
+        rows = self.data if self.data is not None else [dict(zip(self.columns, r)) for r in self.rows]
+        return rendered({"title": self.title, "ok": self.ok, "verdict": self.verdict, "rows": rows}, form)
+
+
+def rendered(value, form):
+    """``value`` (text, or lists and dicts of it) with its option placeholders spelt by ``form``."""
+    if isinstance(value, str):
+        return render_options(value, form)
+    if isinstance(value, (list, tuple)):
+        return [rendered(v, form) for v in value]
+    if isinstance(value, dict):
+        return {k: rendered(v, form) for k, v in value.items()}
+    return value
+
+
+@dataclass
+class Tally:
+    """The counts of a run; lines_read = imported + skipped + rejected."""
+
+    lines_read: int = 0
+    imported: int = 0
+    rejected: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    states_new: int = 0
+    states_existing: int = 0
+    transitions: int = 0
+    species_created: list = field(default_factory=list)
+    undecoded: int = 0
+    undecoded_by_coupling: list = field(default_factory=list)  # [coupling, levels, an example]
+
+    def add(self, lines: int, parsed: ParsedBatch, refused: int = 0):
+        """Count a batch; ``refused`` records were parsed but refused by the database."""
+        self.lines_read += lines
+        self.imported += parsed.records - refused
+        self.rejected += len(parsed.rejects) + refused
+        self.skipped.update(parsed.skipped)
+
+    def copy(self) -> "Tally":
+        return replace(self, skipped=Counter(self.skipped), species_created=list(self.species_created),
+                       undecoded_by_coupling=list(self.undecoded_by_coupling))
+
+    def as_row(self) -> dict:
+        return dict(lines_read=self.lines_read, imported=self.imported, rejected=self.rejected,
+                    skipped=sum(self.skipped.values()),
+                    counts=dict(skipped=dict(self.skipped), states_new=self.states_new,
+                                states_existing=self.states_existing,
+                                transitions=self.transitions,
+                                species_created=self.species_created,
+                                undecoded=self.undecoded,
+                                undecoded_by_coupling=self.undecoded_by_coupling))
+
+    @classmethod
+    def from_run(cls, run) -> "Tally":
+        counts = run.counts or {}
+        return cls(run.lines_read, run.imported, run.rejected, Counter(counts.get("skipped", {})),
+                   counts.get("states_new", 0), counts.get("states_existing", 0),
+                   counts.get("transitions", 0), list(counts.get("species_created", [])),
+                   counts.get("undecoded", 0), list(counts.get("undecoded_by_coupling", [])))
+
+
+@dataclass
+class Summary:
+    """What a run did, for people (``table()``) and scripts (``as_dict()``)."""
+
+    command: str
+    input_name: str
+    database: str
+    run_id: int | None = None
+    tally: Tally = field(default_factory=Tally)
+    elapsed: float = 0.0
+    resumed_from_line: int | None = None
+    continues_run: int | None = None
+    reject_file: str | None = None
+    message: str = "completed"
+    details: list = field(default_factory=list)  # (label, value) rows of a companion import
+    read_label: str = "lines read"
+    dry_run: bool = False
+    retried: list = field(default_factory=list)  # transient database errors that were retried
+    records_now: int | None = None  # records this invocation read and checked (not the run's)
+    phases: list = field(default_factory=list)  # (name, rows or None, seconds)
+    verified: "Report | None" = None  # --verify
+
+    def __post_init__(self):
+        if self.records_now is None:
+            self.records_now = self.tally.imported + self.tally.rejected
+
+    @property
+    def rate(self) -> float:
+        """Records per second of this invocation (a resumed run counts what it added)."""
+        return self.records_now / self.elapsed if self.elapsed > 0 else 0.0
+
+    def as_dict(self, form=python_option) -> dict:
+        out = {k: v for k, v in self.__dict__.items() if k not in ("tally", "phases", "verified")}
+        row = self.tally.as_row()
+        counts = row.pop("counts")
+        out.update(row, skipped_by_reason=counts.pop("skipped"), **counts)
+        out["rate"] = round(self.rate, 1)
+        out["phases"] = [dict(phase=name, rows=rows, seconds=round(seconds, 3))
+                         for name, rows, seconds in self.phases]
+        if self.verified is not None:
+            out["verify"] = self.verified.as_dict(form)
+        return out
+
+    def write_json(self, path: str, form=python_option):
+        """The summary as JSON, for monitoring."""
+        try:
+            with open(path, "w", encoding="utf-8") as f:
+                json.dump(self.as_dict(form), f, indent=2, default=str)
+        except OSError as error:
+            raise UsageError(f"cannot write the summary to {path}: {error.strerror}; "
+                             f"choose another with {option('summary_json')}") from None
+
+    def table(self, form=python_option) -> str:
+        t = self.tally
+        skipped = ", ".join(f"{reason} {n:,}" for reason, n in sorted(t.skipped.items()))
+        rows = [
+            ("input", self.input_name),
+            ("database", self.database),
+            (self.read_label, f"{t.lines_read:,}"),
+            ("  valid" if self.dry_run else "  imported", f"{t.imported:,} records"),
+            ("  skipped", f"{sum(t.skipped.values()):,}" + (f"  ({skipped})" if skipped else "")),
+            ("  rejected", f"{t.rejected:,}" + (f"  -> {self.reject_file}" if t.rejected else "")),
+        ]
+        rows += self.details
+        if self.command in COMMANDS and not self.dry_run:
+            rows.append(("levels", f"{t.states_new:,} new, {t.states_existing:,} already stored"))
+            if t.undecoded:
+                rows.append(("undecoded levels", f"{t.undecoded:,} (description kept, no quantum numbers)"))
+                rows += [(f"  {coupling or 'no coupling'}", f"{n:,}  e.g. {example}")
+                         for coupling, n, example in t.undecoded_by_coupling]
+        if self.command in WRITES_TRANSITIONS and not self.dry_run:
+            rows.append(("transitions", f"{t.transitions:,}"))
+        if t.species_created:
+            shown = ", ".join(map(str, t.species_created[:10]))
+            more = f" and {len(t.species_created) - 10} more" if len(t.species_created) > 10 else ""
+            rows.append(("placeholder species", f"{len(t.species_created)} ({shown}{more})"))
+        if self.resumed_from_line:
+            rows.append(("resumed", f"from line {self.resumed_from_line:,}"))
+        if self.continues_run:
+            rows.append(("continues", f"run {self.continues_run}"))
+        if self.retried:
+            rows.append(("retries", f"{len(self.retried)} (last: {self.retried[-1][:60]})"))
+        rows.append(("elapsed", f"{self.elapsed:.2f} s  ({self.rate:,.0f} records/s)"))
+        width = max(19, *(len(name) for name, _ in rows))
+        head = f"{self.command}: " + (f"run {self.run_id} " if self.run_id else "") + self.message
+        lines = [head] + [f"  {name:<{width}}  {value}" for name, value in rows]
+        if self.phases:
+            lines += ["", phase_table(self.phases, self.records_now, self.elapsed)]
+        if self.verified is not None:
+            lines += ["", self.verified.table(form)]
+        return "\n".join(lines)
+
+    @property
+    def exit_code(self) -> int:
+        if self.verified is not None and not self.verified.ok:
+            return EXIT_FAILED
+        return EXIT_REJECTED if self.tally.rejected else EXIT_OK
+
+
+def _progress_bar(inp, options):
+    from tqdm import tqdm
+    enabled = options.progress
+    if inp.size:
+        return tqdm(total=inp.size, unit="B", unit_scale=True, disable=not enabled,
+                    file=sys.stderr, desc=os.path.basename(inp.name))
+    return tqdm(unit=" records", unit_scale=True, disable=not enabled, file=sys.stderr, desc="stdin")
+
+
+def _advance(progress, inp, records: int = 0, note=None):
+    """Move the bar: bytes of a file as read from disk (compressed: so the ETA holds),
+    records of standard input; ``note()`` gives the text after it."""
+    if progress.disable:
+        return
+    if note is not None:
+        progress.set_postfix_str(note(), refresh=False)
+    progress.update(inp.position() - progress.n if inp.size else records)
+
+
+# The import runs: what each run read and committed --------------------------
+
+def run_status(run) -> str:
+    """The run's status, "interrupted" for a running run whose process is gone."""
+    if (run.status == run.RUNNING and run.host == _host() and run.pid != os.getpid()
+            and not _process_alive(run)):
+        return "interrupted"
+    return run.status
+
+
+def _json_options(options: ImportOptions) -> dict:
+    return {k: getattr(options, k) for k in ("batch_size", "skip_header", "skip_calc", "fast")}
+
+
+class RunLedger:
+    """The import_runs row of this run: which input, how far it is committed.
+
+    A rerun on the same input finds the earlier run (same first bytes, up to
+    64 KiB, same family of command), re-reads the committed prefix and checks its SHA-256,
+    then resumes that run or starts one that continues after it; nothing that
+    is committed is written twice. No row is touched before that check passes.
+    """
+
+    COVERS = {"import-states": {"states"}, "import-transitions": {"states", "transitions"},
+              "import": {"states", "transitions"}}
+
+    def __init__(self, using, command, inp: Input, options: ImportOptions):
+        from node_common.models import ImportRun
+        self.model, self.using, self.command = ImportRun, using, command
+        self.input, self.options = inp, options
+        self.run, self.candidate, self.resumed = None, None, False
+        self.retried = []  # the transient database errors this run retried
+        self.checkpoints = {}  # offset -> digest of the input up to the committed position
+
+    def candidates(self) -> list:
+        """Earlier runs whose committed rows cover what this command writes, for this input."""
+        if self.options.restart:
+            return []
+        wanted = self.COVERS[self.command]
+        families = [c for c, covers in self.COVERS.items() if wanted <= covers]
+        runs = self.model.objects.using(self.using).filter(
+            command__in=families, committed_bytes__gt=0).exclude(status=self.model.ROLLED_BACK)
+        content = {k: getattr(self.options, k) for k in ImportOptions.CONTENT_OPTIONS}
+        return sorted((r for r in runs if self._starts_like(r)
+                       and all(r.options.get(k) == v for k, v in content.items())
+                       # what an unfinished --fast run wrote may be gone after a crash
+                       and not (r.options.get("fast") and r.status != self.model.COMPLETED)),
+                      key=lambda r: (-r.committed_bytes, -r.id))
+
+    def _starts_like(self, run) -> bool:
+        """The input has the first bytes of ``run``'s (up to 64 KiB), or, when it is shorter
+        than those, it may be a part of that input (see is_part_of)."""
+        head = self.input.head
+        if run.head_bytes <= len(head):
+            return self.input.head_matches(run.head_bytes, run.input_head)
+        digest = InputDigest()
+        digest.update(head)
+        return self.is_part_of(run, len(head), digest.checkpoints)
+
+    @staticmethod
+    def is_part_of(run, length: int, checkpoints: dict) -> bool:
+        """An input of ``length`` bytes with these checkpoint digests ends inside what ``run``
+        committed, and agrees with its input at its last checkpoint."""
+        last = max((offset for offset in checkpoints if offset <= length), default=None)
+        theirs = (run.counts or {}).get("checkpoints", {})
+        return (last is not None and length <= run.committed_bytes
+                and theirs.get(str(last)) == checkpoints[last])
+
+    def begin(self, candidate=None):
+        """Start a new run, or get ready to check the input against ``candidate``."""
+        self.candidate, self.run, self.resumed = candidate, None, False
+        if candidate is None:
+            self._refuse_another_input()
+            self.run = self._create(start_line=1)
+        elif self._resumable(candidate):
+            _refuse_if_alive(candidate)
+
+    def _refuse_another_input(self):
+        """Transitions are not deduplicated: a revised or changed copy of an imported dump
+        would store most of them twice. Adding another input's is for --append (a dump in
+        several pieces) or --restart to say."""
+        if self.command not in WRITES_TRANSITIONS or self.options.append or self.options.restart:
+            return
+        other = (self.model.objects.using(self.using)
+                 .filter(command__in=WRITES_TRANSITIONS, committed_bytes__gt=0)
+                 .exclude(status=self.model.ROLLED_BACK).order_by("-id").first())
+        if other is not None:
+            name = "standard input" if self.input.name == "-" else self.input.name
+            raise AnotherInput(
+                f"the transitions table holds what run {other.id} imported ({other.command} "
+                f"{other.input_name}, {run_status(other)}) and {name} does not continue it: "
+                f"adding it could store lines twice; {option('append')} adds its transitions to "
+                f"those, {option('clear')} replaces them")
+
+    def _resumable(self, run) -> bool:
+        return run.command == self.command and run.status != self.model.COMPLETED
+
+    def _create(self, **values):
+        now = _now()
+        run = self.model.objects.using(self.using).create(
+            command=self.command, input_name=self.input.name, input_size=self.input.size,
+            input_head=self.input.head_sha256, head_bytes=len(self.input.head),
+            options=_json_options(self.options), host=_host(), pid=os.getpid(),
+            started_at=now, updated_at=now, **values)
+        run.options["reject_file"] = os.path.abspath(  # named after the run: its id is known now
+            self.options.reject_file or default_reject_path(self.input.name, run.id, self.using))
+        self.model.objects.using(self.using).filter(pk=run.pk).update(options=run.options)
+        return run
+
+    @property
+    def skip_to(self):
+        return self.candidate.committed_bytes if self.candidate else None
+
+    def reject_path(self) -> str:
+        """--reject-file, else the file of this run or of the run being resumed."""
+        resumed = self.candidate if self.candidate and self._resumable(self.candidate) else None
+        run = self.run or resumed
+        return os.path.abspath(self.options.reject_file or run.options.get("reject_file")
+                               or default_reject_path(self.input.name, run.id, self.using))
+
+    def reload(self):
+        return self.model.objects.using(self.using).get(pk=self.run.pk)
+
+    def prefix_verified(self, batch: Batch, prefix_lines: int, tally: Tally) -> Tally:
+        """The input matches the candidate up to its committed position: resume or continue it.
+
+        Returns the run's tally: the candidate's own when it is resumed, else
+        ``tally`` with the prefix counted as already imported.
+        """
+        candidate = self.candidate
+        if self._resumable(candidate):
+            self.run, self.resumed = candidate, True
+            tally = Tally.from_run(candidate)
+            self.model.objects.using(self.using).filter(pk=candidate.pk).update(
+                status=self.model.RUNNING, pid=os.getpid(), host=_host(), message="",
+                resumed_from_line=batch.last_line + 1)
+            candidate.resumed_from_line = batch.last_line + 1
+        else:
+            self.run = self._create(continues_run=candidate, start_line=batch.last_line + 1)
+            tally.lines_read += prefix_lines
+            tally.skipped["already imported"] += prefix_lines
+        self.record_batch(batch, tally)
+        return tally
+
+    def record_batch(self, batch: Batch, tally: Tally):
+        """Save the committed position and the counts; call inside the batch's transaction."""
+        self.checkpoints = batch.checkpoints
+        self.model.objects.using(self.using).filter(pk=self.run.pk).update(
+            committed_line=batch.committed_line, committed_bytes=batch.end_offset,
+            committed_sha256=batch.sha256, updated_at=_now(), **self._row(tally))
+
+    def _row(self, tally: Tally) -> dict:
+        """The run's columns for ``tally``, with the input's checkpoints (see is_part_of)."""
+        row = tally.as_row()
+        row["counts"]["checkpoints"] = {str(offset): sha for offset, sha in self.checkpoints.items()}
+        return row
+
+    def finish(self, status: str, tally: Tally | None = None, message: str = ""):
+        if self.run is None:
+            return
+        values = dict(status=status, finished_at=_now(), updated_at=_now(), message=message)
+        if tally is not None:
+            values.update(self._row(tally))
+        self.model.objects.using(self.using).filter(pk=self.run.pk).update(**values)
+
+    def finish_quietly(self, status: str, tally: Tally | None, message: str):
+        """finish(), unless the database is gone: the run then stays "running", which a
+        rerun treats as interrupted (its process is dead) and resumes."""
+        try:
+            reconnect(self.using)
+            self.finish(status, tally, message)
+        except Exception:
+            pass
+
+
+class RejectFile:
+    """``LINE_NUMBER<TAB>REASON<TAB>RAW_LINE`` per rejected line.
+
+    A batch's rejects are written (and synced) before the batch commits; a rerun
+    that resumes first drops the lines after the committed position, so a crash
+    at any moment leaves each rejected line in the file exactly once.
+    """
+
+    def __init__(self, path: str):
+        self.path = os.path.abspath(path)
+        directory = os.path.dirname(self.path)
+        if not os.access(directory, os.W_OK) or (
+                os.path.exists(self.path) and not os.access(self.path, os.W_OK)):
+            raise UsageError(f"cannot write the reject file {self.path}: permission denied; "
+                             f"choose another with {option('reject_file')}")
+        self._file, self.written = None, 0
+
+    def open(self, keep_through_line: int | None = None):
+        """Start the file, keeping the rejects of lines up to ``keep_through_line`` if given."""
+        kept = []
+        if keep_through_line is not None and os.path.exists(self.path):
+            with open(self.path, encoding="utf-8", newline="\n") as old:
+                kept = [r for r in old if r.partition("\t")[0].isdigit()
+                        and int(r.partition("\t")[0]) <= keep_through_line]
+        self._file = open(self.path, "w", encoding="utf-8", newline="\n")
+        self._file.writelines(kept)
+        self._sync()
+
+    def write(self, rejects):
+        if rejects:
+            self._file.writelines(f"{n}\t{reason}\t{raw}\n" for n, reason, raw in rejects)
+            self._sync()
+            self.written += len(rejects)
+
+    def mark(self) -> int:
+        return self._file.tell()
+
+    def truncate(self, mark: int):
+        """Forget what was written after ``mark`` (a batch that did not commit)."""
+        self._file.seek(mark)
+        self._file.truncate()
+
+    def _sync(self):
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self):
+        if self._file is not None:
+            empty = self._file.tell() == 0
+            self._file.close()
+            if empty:
+                os.remove(self.path)
+
+
+def default_reject_path(input_name: str, run_id: int | None, using: str | None = None) -> str:
+    """``NAME.runN.rejects`` (a dry run: ``NAME.dry-run.rejects``) in the first folder the run
+    can write: the working directory, beside the SQLite database, the temporary folder.
+
+    Never beside the input, whose folder may be read-only; named per run, so that two
+    runs never share (and delete) one file.
+    """
+    name = "stdin" if input_name == "-" else os.path.basename(input_name)
+    folders = [os.getcwd()]
+    if using is not None and connections[using].vendor == "sqlite":
+        folders.append(os.path.dirname(os.path.abspath(connections[using].settings_dict["NAME"])))
+    folders.append(tempfile.gettempdir())
+    folder = next((f for f in folders if os.access(f, os.W_OK)), folders[0])
+    return os.path.join(folder, f"{name}.run{run_id}.rejects" if run_id else f"{name}.dry-run.rejects")
+
+
+# XSAMS sources: the <Source> element the node serves for each reference ----------
+
+SOURCE_CATEGORIES = {"article": "journal", "book": "book", "inbook": "book", "incollection": "book",
+                     "techreport": "report", "inproceedings": "proceedings",
+                     "conference": "proceedings", "proceedings": "proceedings",
+                     "phdthesis": "thesis", "mastersthesis": "thesis"}
+OTHER_SOURCE_CATEGORY = "private communication"  # misc, unpublished and any other type
+_NOT_IN_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+_LATEX_ESCAPE = re.compile(r"\\([_%&#$~])")
+
+
+def node_id() -> str:
+    """The node's id in XSAMS source ids (``B<node id>-<key>``): the setting VALD_NODE_ID."""
+    from django.conf import settings
+    value = str(getattr(settings, "VALD_NODE_ID", "vald"))
+    if not value or _NOT_IN_XML.search(value) or any(c.isspace() for c in value):
+        raise UsageError(f"VALD_NODE_ID {value!r} cannot be part of an XSAMS source id: "
+                         "give one word without blanks (the default is vald)")
+    return value
+
+
+def source_xml(key: str, bibtex: str, node: str) -> tuple[str, bool]:
+    """The XSAMS ``<Source>`` element of one BibTeX entry, and whether its fields could be read.
+
+    An entry bibtexparser cannot read still gets a well-formed element: its id,
+    empty ``<Authors>`` and the entry text in ``<BibTeX>``.
+    """
+    fields = _source_fields(bibtex)
+    source = ET.Element("Source", sourceID=_xml_safe(f"B{node}-{key}"))
+    authors = ET.SubElement(source, "Authors")
+    if fields is not None:
+        for name in fields.pop("authors"):
+            ET.SubElement(ET.SubElement(authors, "Author"), "Name").text = name
+        pages = re.findall(r"\d+", fields.get("pages", ""))
+        for tag, value in (("Title", fields.get("title")), ("Category", fields["category"]),
+                           ("Year", fields.get("year")),
+                           ("SourceName", fields.get("journal") or fields.get("booktitle")),
+                           ("Volume", fields.get("volume")),
+                           ("PageBegin", pages[0] if pages else None),
+                           ("PageEnd", pages[-1] if len(pages) > 1 else None),
+                           ("UniformResourceIdentifier", fields.get("url")),
+                           ("DigitalObjectIdentifier", fields.get("doi"))):
+            if value:
+                ET.SubElement(source, tag).text = value
+    ET.SubElement(source, "BibTeX").text = _xml_safe(bibtex)
+    return ET.tostring(source, encoding="unicode"), fields is not None
+
+
+def _source_fields(bibtex: str) -> dict | None:
+    """The fields of a BibTeX entry as XSAMS wants them (LaTeX decoded to Unicode, braces
+    removed, blanks collapsed; authors "First von Last Jr"), or None if it cannot be read."""
+    import logging
+    import bibtexparser
+    from bibtexparser import middlewares, model
+    logging.getLogger("bibtexparser").setLevel(logging.CRITICAL)  # the caller reports failures
+    names = [middlewares.SeparateCoAuthors(), middlewares.SplitNameParts()]
+    library = bibtexparser.parse_string(bibtex, append_middleware=names)
+    if library.failed_blocks or len(library.entries) != 1:
+        return None
+    entry = library.entries[0]
+    values = {f.key.lower(): f.value for f in entry.fields}
+    authors = [" ".join(n.first + n.von + n.last + n.jr) for n in values.pop("author", [])]
+    # url and doi as written: in LaTeX, % would start a comment
+    kept = {k: _LATEX_ESCAPE.sub(r"\1", values.pop(k)) for k in ("url", "doi")
+            if isinstance(values.get(k), str)}
+    plain = [model.Field(k, v) for k, v in values.items() if isinstance(v, str)]
+    plain += [model.Field(f"author {i}", name) for i, name in enumerate(authors)]
+    decoded = _latex_decoder().transform_entry(model.Entry(entry.entry_type, entry.key, plain), library)
+    if not isinstance(decoded, model.Entry):
+        return None
+    fields = {f.key: _xml_safe(" ".join(f.value.split())) for f in decoded.fields}
+    fields.update((k, _xml_safe(" ".join(v.split()))) for k, v in kept.items())
+    fields["authors"] = [fields.pop(f"author {i}") for i in range(len(authors))]
+    fields["category"] = SOURCE_CATEGORIES.get(entry.entry_type.lower(), OTHER_SOURCE_CATEGORY)
+    return fields
+
+
+@functools.lru_cache(maxsize=1)
+def _latex_decoder():
+    from bibtexparser.middlewares import LatexDecodingMiddleware
+    return LatexDecodingMiddleware()
+
+
+def _xml_safe(text: str) -> str:
+    """``text`` without the characters XML 1.0 cannot hold (control characters): U+FFFD instead."""
+    return _NOT_IN_XML.sub("\ufffd", text)
+
+
+def _add_source_xml(refs) -> tuple[str, str]:
+    """Set ``xml`` of each Reference; the summary row counting the minimal elements."""
+    node, unread = node_id(), []
+    for ref in refs:
+        ref.xml, readable = source_xml(ref.id, ref.bibtex, node)
+        if not readable:
+            unread.append(ref.id)
+    shown = ", ".join(unread[:10]) + (f" and {len(unread) - 10} more" if len(unread) > 10 else "")
+    return ("XSAMS sources", f"{len(refs):,} for node {node!r}" + (
+        f", {len(unread):,} minimal (fields not readable: {shown})" if unread else ""))
+
+
+def rebuild_source_xml(using: str = DEFAULT_DB_ALIAS, batch_size: int = 1000) -> int:
+    """Regenerate the XSAMS source of every reference (after VALD_NODE_ID changed, or on a
+    database imported before refs.xml existed); returns the references whose XML changed."""
+    from node_common.models import Reference
+    node, changed, last = node_id(), 0, None
+    while True:
+        batch = Reference.objects.using(using).order_by("pk")
+        batch = list((batch.filter(pk__gt=last) if last is not None else batch)[:batch_size])
+        if not batch:
+            return changed
+        last = batch[-1].pk
+        stale = []
+        for ref in batch:
+            xml = source_xml(ref.pk, ref.bibtex or "", node)[0]
+            if xml != ref.xml:
+                ref.xml = xml
+                stale.append(ref)
+        Reference.objects.using(using).bulk_update(stale, ["xml"])
+        changed += len(stale)
+
+
+# ---------------------------------------------------------- housekeeping ----
+
+def linelist_methods(using: str = DEFAULT_DB_ALIAS) -> dict:
+    """Line-list id -> method, from the linelists table."""
+    from node_common.models import LineList
+    return dict(LineList.objects.using(using).exclude(method=None).values_list("id", "method"))
+
+
+def undecoded_levels(using: str, run_id: int) -> list:
+    """[coupling, levels, an example description] per coupling, of the levels a run stored
+    whose description gave no quantum number (one GROUP BY over the run's levels)."""
+    from django.db.models import Count, Min
+    from node_atom.models import State
+    rows = State.objects.using(using).filter(
+        run_id=run_id, term_desc__isnull=False,
+        **{f"{column}__isnull": True for column in DECODED_QN_COLUMNS}).values(
+        "coupling_case").annotate(n=Count("id"), example=Min("term_desc")).order_by()
+    return sorted(([r["coupling_case"], r["n"], r["example"]] for r in rows),
+                  key=lambda row: row[0] or "")
+
+
+def apply_linelist_methods(using: str = DEFAULT_DB_ALIAS) -> tuple[int, int]:
+    """Set wave_method (from ll1) and energy_method (from the level's energy line list) of
+    rows already stored: one UPDATE per table, touching only rows whose method changes."""
+    dialect = Dialect.for_alias(using)
+    counts = []
+    with transaction.atomic(using=using), connections[using].cursor() as cursor:
+        for table, target, source in (("transitions", "wave_method", "ll1"),
+                                      ("states", "energy_method", "energy_linelist_id")):
+            cursor.execute(dialect.update_from_linelists_sql(table, target, source))
+            counts.append(cursor.rowcount)
+    return tuple(counts)
+
+
+def update_ground_states(using: str = DEFAULT_DB_ALIAS) -> int:
+    """Set species.ground_state_id to the lowest-energy level of each species with levels."""
+    q = connections[using].ops.quote_name
+    with transaction.atomic(using=using), connections[using].cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {q('species')} SET {q('ground_state_id')} = "
+            f"(SELECT s.id FROM {q('states')} s WHERE s.{q('species_id')} = {q('species')}.id "
+            f"ORDER BY s.{q('energy_scaled')}, s.id LIMIT 1) "
+            f"WHERE {q('ground_state_id')} IS NOT NULL "
+            f"OR EXISTS (SELECT 1 FROM {q('states')} s WHERE s.{q('species_id')} = {q('species')}.id)")
+        return cursor.rowcount
+
+
+def housekeeping(using: str = DEFAULT_DB_ALIAS, *, skip_calc: bool = False,
+                 batch_size: int = ImportOptions.batch_size, rebuild_xml: bool = False) -> list:
+    """After an import: ground states, Einstein A still missing, planner statistics; with
+    ``rebuild_xml``, the XSAMS sources of the references first.
+
+    Returns the phases (name, rows, seconds).
+    """
+    sources = [timed_phase("XSAMS sources", lambda: rebuild_source_xml(using))] if rebuild_xml else []
+    return sources + [
+        timed_phase("ground states", lambda: update_ground_states(using)),
+        timed_phase("derived values", lambda: 0 if skip_calc else fill_einstein_a(using, batch_size)),
+        timed_phase("statistics", lambda: analyze_tables(using))]
+
+
+def fill_einstein_a(using: str = DEFAULT_DB_ALIAS, batch_size: int = ImportOptions.batch_size) -> int:
+    """Compute Einstein A where it is missing and computable, a batch of rows at a time."""
+    q = connections[using].ops.quote_name
+    select = (f"SELECT t.id, t.loggf, u.{q('J_scaled')}, t.wave FROM transitions t "
+              f"JOIN states u ON u.id = t.upstate WHERE {missing_einstein_a(q)} AND t.id > %s "
+              "ORDER BY t.id LIMIT %s")
+    filled, last = 0, 0
+    while True:
+        with transaction.atomic(using=using), connections[using].cursor() as cursor:
+            cursor.execute(select, [last, batch_size])
+            rows = cursor.fetchall()
+            if not rows:
+                return filled
+            last = rows[-1][0]
+            values = []
+            for row_id, loggf, j_scaled, wave in rows:
+                try:
+                    values.append((einstein_a(str(loggf), j_scaled, str(wave)), row_id))
+                except RejectedLine:  # overflows: left empty
+                    pass
+            cursor.executemany("UPDATE transitions SET einsteina = %s WHERE id = %s", values)
+            filled += len(values)
+
+
+def missing_einstein_a(q) -> str:
+    """SQL: transition t (upper level u) has no Einstein A though einstein_a() would give one."""
+    return f"t.einsteina IS NULL AND t.loggf IS NOT NULL AND u.{q('J_scaled')} >= 0 AND t.wave <> 0"
+
+
+def analyze_tables(using: str = DEFAULT_DB_ALIAS) -> int:
+    """Refresh the query planner's statistics of the VALD tables; returns the tables analysed."""
+    tables = ("species", "states", "transitions")
+    with connections[using].cursor() as cursor:
+        for statement in Dialect.for_alias(using).analyze_sql(tables):
+            cursor.execute(statement)
+            if cursor.description:
+                cursor.fetchall()
+    return len(tables)
+
+
+def duplicate_levels(using: str = DEFAULT_DB_ALIAS) -> int:
+    """Level rows beyond the first for one (species, energy, J)."""
+    q = connections[using].ops.quote_name
+    return _scalar(using, "SELECT COALESCE(SUM(n - 1), 0) FROM (SELECT COUNT(*) AS n FROM states "
+                          f"GROUP BY species_id, energy, {q('J')} HAVING COUNT(*) > 1) d")
+
+
+# ---------------------------------------------------------------- passes ----
 
 class BatchImport:
     """One run of a pass over an input.
@@ -3459,7 +3923,7 @@ class BatchImport:
                          transitions=self.tally.transitions - before.transitions)
         limit = self.options.max_errors
         if limit and self.tally.rejected >= limit and self.tally.rejected > before.rejected:
-            raise RunStopped(f"stopped after {self.tally.rejected:,} rejected lines (--max-errors "
+            raise RunStopped(f"stopped after {self.tally.rejected:,} rejected lines ({option('max_errors')} "
                              f"{limit}); lines up to {batch.committed_line:,} are committed, the "
                              f"rejects are in {self.rejects.path}")
 
@@ -3734,13 +4198,13 @@ def _check_dump(inp: Input, valid: list):
              for line in inp.head.split(b"\n", 3)[:3] if line.strip()]
     why = (f"{len(valid) - good:,} of its first {len(valid):,} data lines are rejected" if good
            else f"none of its first {len(valid):,} data lines is valid" if valid else "it has no data line")
-    raise ValdImportError(f"this does not look like a VALD dump (first lines: "
-                          f"{', '.join(map(repr, first))}): {why}; check the input (and --skip-header)")
+    raise NotADump(f"this does not look like a VALD dump (first lines: "
+                   f"{', '.join(map(repr, first))}): {why}; check the input (and {option('skip_header')})")
 
 
 def empty_input(inp: Input) -> ValdImportError:
     name = "standard input" if inp.name == "-" else inp.name
-    return ValdImportError(f"the input is empty ({name}: 0 bytes): nothing to import; when it "
+    return NotADump(f"the input is empty ({name}: 0 bytes): nothing to import; when it "
                            "comes through a pipe, the command feeding it probably failed")
 
 
@@ -3884,6 +4348,498 @@ def _arrays_unpickled(data: bytes, buffer, start: int):
     return Unpickler(io.BytesIO(data)).load()
 
 
+# ---------------------------------------------------------------- verify ----
+
+HFS_CONSTANTS = ("hfs_A", "hfs_dA", "hfs_B", "hfs_dB")
+
+
+def verify(using: str = DEFAULT_DB_ALIAS, *, dump: str | None = None,
+           skip_header: int = ImportOptions.skip_header, workers: int | None = None,
+           progress: bool = False) -> Report:
+    """Check the database: links, uniqueness, derived values, indexes, and the dump's counts."""
+    checks = database_checks(using)
+    checks.append(reference_check(using))
+    checks.append(index_check(using))
+    if dump is not None:
+        checks.append(dump_check(using, dump, skip_header, workers, progress))
+    failed = [c for c in checks if not c.ok]
+    rows = [(c.name, f"{c.count:,}", "ok" if c.ok else "FAILED" + (f": {c.detail}" if c.detail else "")
+             + (f" ({c.fix})" if c.fix else "")) for c in checks]
+    verdict = (f"all {len(checks)} checks passed" if not failed
+               else f"{len(failed)} of {len(checks)} checks failed: "
+                    + ", ".join(c.name for c in failed))
+    data = [dict(check=c.name, count=c.count, ok=c.ok, detail=c.detail, fix=c.fix) for c in checks]
+    return Report(f"verify: {describe_database(using)}", ("check", "count", "verdict"), rows,
+                  verdict, not failed, data)
+
+
+def database_checks(using: str) -> list[Check]:
+    """The checks that need only the database: each one SQL count, and when it is not zero
+    one LIMIT query that names the first failing rows."""
+    dialect = Dialect.for_alias(using)
+    q, real = dialect.q, dialect.float_type
+    j, j_scaled = q("J"), q("J_scaled")
+
+    def num(column):
+        return f"CAST({column} AS {real})"
+    ritz_off = (f"ABS({num('t.waveritz')} - 100000000.0 / ABS({num('u.energy')} - {num('l.energy')})) "
+                f"> {num('t.waveritz')} * {num('t.waveritz')} * 1e-12 + 1e-5")
+    # how every XSAMS source of this node starts: <Source sourceID="B<node id>-
+    source_prefix = ET.tostring(ET.Element("Source", sourceID=f"B{node_id()}-")).decode()[:-len('" />')]
+    transition = (("t.id", "t.species_id", "t.wave"), _name_transition)
+    level = (("s.id", "s.species_id", "s.energy", f"s.{j}"), _name_level)
+
+    def failing(tables, where, columns, named):
+        """(the count, the SQL naming the first failing rows, how it names a row)."""
+        return (f"SELECT COUNT(*) FROM {tables} WHERE {where}",
+                f"SELECT {', '.join(columns)} FROM {tables} WHERE {where} "
+                f"ORDER BY {columns[0]} LIMIT {EXAMPLES}", named)
+    hfs_differ = " OR ".join(sql_differ(f"s.{q(c)}", f"m.{q(c)}") for c in HFS_CONSTANTS)
+    hfs_levels = failing("states s LEFT JOIN hfs_matches m ON m.state_id = s.id", hfs_differ, *level)
+    queries = [
+        ("transitions whose upper level is missing", "rollback the run that stored them, or reimport",
+         failing("transitions t", "NOT EXISTS (SELECT 1 FROM states s WHERE s.id = t.upstate)",
+                 *transition), ()),
+        ("transitions whose lower level is missing", "rollback the run that stored them, or reimport",
+         failing("transitions t", "NOT EXISTS (SELECT 1 FROM states s WHERE s.id = t.lostate)",
+                 *transition), ()),
+        ("transitions whose species is missing", "import-species",
+         failing("transitions t", "NOT EXISTS (SELECT 1 FROM species sp WHERE sp.id = t.species_id)",
+                 *transition), ()),
+        ("levels whose species is missing", "import-species",
+         failing("states s", "NOT EXISTS (SELECT 1 FROM species sp WHERE sp.id = s.species_id)",
+                 *level), ()),
+        ("levels stored twice (species, energy, J)",
+         f"check-indexes {option('fix')} after removing the copies",
+         None, ()),
+        ("levels whose key disagrees with energy or J", "reimport these levels",
+         failing("states s", f"s.energy_scaled <> ROUND(s.energy * 10000) OR "
+                 f"s.{j_scaled} <> CASE WHEN s.{j} IS NULL THEN -1 ELSE ROUND(s.{j} * 10) END", *level), ()),
+        ("levels used by no transition", "import-transitions, or rollback the run that stored them",
+         failing("states s", dialect.unused_level("s"), *level), ()),
+        ("Einstein A missing where computable", "housekeeping",
+         failing("transitions t JOIN states u ON u.id = t.upstate", missing_einstein_a(q), *transition), ()),
+        ("species whose ground state is not their lowest level", "housekeeping",
+         failing("species sp", "EXISTS (SELECT 1 FROM states s WHERE s.species_id = sp.id) AND NOT EXISTS "
+                 "(SELECT 1 FROM states g WHERE g.id = sp.ground_state_id AND g.species_id = sp.id "
+                 "AND g.energy_scaled = (SELECT MIN(m.energy_scaled) FROM states m "
+                 "WHERE m.species_id = sp.id))", ("sp.id",), lambda row: f"species {row[0]}"), ()),
+        ("Ritz wavelengths that disagree with level energies", "",
+         failing("transitions t JOIN states u ON u.id = t.upstate JOIN states l ON l.id = t.lostate",
+                 "t.autoionized = %s AND t.waveritz IS NOT NULL "
+                 f"AND u.energy_scaled <> l.energy_scaled AND {ritz_off}",
+                 ("t.id", "t.species_id", "t.waveritz", "l.energy", "u.energy"), _name_ritz), (False,)),
+        ("references without the XSAMS source of this node", f"housekeeping {option('rebuild_xml')}",
+         failing("refs r", "r.xml IS NULL OR SUBSTR(r.xml, 1, %s) <> %s", ("r.id",),
+                 lambda row: f"reference {row[0]}"), (len(source_prefix), source_prefix)),
+        ("levels whose hyperfine constants differ from the last import-hfs",
+         "import-hfs with the AB file: it sets the constants of every level",
+         (f"SELECT ({hfs_levels[0]}) + (SELECT COUNT(*) FROM hfs_matches m WHERE NOT EXISTS "
+          "(SELECT 1 FROM states s WHERE s.id = m.state_id))", *hfs_levels[1:]), ()),
+    ]
+    checks = []
+    for name, fix, sql, params in queries:
+        if sql is None:
+            count = duplicate_levels(using)
+            names = duplicate_level_examples(using) if count else []
+        else:
+            count_sql, examples_sql, named = sql
+            count = _scalar(using, count_sql, params)
+            names = [named(row) for row in _rows(using, examples_sql, params)] if count else []
+        checks.append(Check(name, count, fix, _examples_text(names, count)))
+    return checks
+
+
+EXAMPLES = 5  # failing rows verify names per check
+REFERENCE_COLUMNS = {"transitions": ("wave_ref_id", "waveritz_ref_id", "loggf_ref_id", "gammarad_ref_id",
+                                     "gammastark_ref_id", "waals_ref_id"),
+                     "states": ("energy_ref_id", "lande_ref_id", "level_ref_id")}
+
+
+def reference_check(using: str) -> Check:
+    """Rows whose reference keys (a *_ref_id column, comma-joined keys) ``refs`` lacks."""
+    missing = missing_reference_keys(using)
+    detail = "; ".join(f"{column} {rows:,} row{'s' * (rows != 1)} ({', '.join(keys[:EXAMPLES])}"
+                       + (f" and {len(keys) - EXAMPLES} more keys)" if len(keys) > EXAMPLES else ")")
+                       for column, rows, keys in missing)
+    return Check("reference keys missing from refs (rows, per quantity)",
+                 sum(rows for _, rows, _ in missing),
+                 "import-references, with a BibTeX file that has these keys", detail)
+
+
+def missing_reference_keys(using: str) -> list:
+    """(column, rows, keys refs lacks) per *_ref_id column with such rows.
+
+    One GROUP BY per column: a few thousand distinct values, split into keys here,
+    however many rows there are; no join with refs, so the same SQL runs everywhere.
+    """
+    from node_common.models import Reference
+    known = set(Reference.objects.using(using).values_list("id", flat=True))
+    q = connections[using].ops.quote_name
+    out = []
+    for table, columns in REFERENCE_COLUMNS.items():
+        for column in columns:
+            rows, keys = 0, set()
+            for value, n in _rows(using, f"SELECT {q(column)}, COUNT(*) FROM {table} "
+                                         f"WHERE {q(column)} IS NOT NULL GROUP BY {q(column)}"):
+                lacking = [key for key in value.split(",") if key not in known]
+                if lacking:
+                    rows += n
+                    keys.update(lacking)
+            if rows:
+                out.append((column, rows, sorted(keys)))
+    return out
+
+
+def _examples_text(names: list, count: int) -> str:
+    """``level 7 (species 2601, ...); ... and N more``: the failing rows a check names."""
+    more = count - len(names)
+    return "; ".join(names) + (f" and {more:,} more" if names and more > 0 else "")
+
+
+def _fixed(value, places: int) -> str:
+    """A decimal column as text with its places, whatever type the driver returns."""
+    return "unknown" if value is None else f"{float(value):.{places}f}"
+
+
+def _name_transition(row) -> str:
+    return f"transition {row[0]} (species {row[1]}, wave {_fixed(row[2], 5)})"
+
+
+def _name_level(row) -> str:
+    return f"level {row[0]} (species {row[1]}, energy {_fixed(row[2], 4)}, J {_fixed(row[3], 1)})"
+
+
+def _name_ritz(row) -> str:
+    return (f"transition {row[0]} (species {row[1]}, waveritz {_fixed(row[2], 5)}, "
+            f"levels {_fixed(row[3], 4)} and {_fixed(row[4], 4)})")
+
+
+def duplicate_level_examples(using: str) -> list:
+    """The first few (species, energy, J) stored more than once, named with their row counts."""
+    q = connections[using].ops.quote_name
+    rows = _rows(using, f"SELECT species_id, energy, {q('J')}, COUNT(*) FROM states "
+                        f"GROUP BY species_id, energy, {q('J')} HAVING COUNT(*) > 1 "
+                        f"ORDER BY species_id, energy LIMIT {EXAMPLES}")
+    return [f"species {sp}, energy {_fixed(energy, 4)}, J {_fixed(j, 1)}: {n} rows"
+            for sp, energy, j, n in rows]
+
+
+# Indexes ---------------------------------------------------------------------
+
+@dataclass
+class DeclaredIndex:
+    """An index or unique constraint the models declare, and how to create it."""
+
+    model: type
+    name: str
+    columns: tuple
+    unique: bool
+    create: object  # editor -> None
+    implicit: bool = False  # a field's own index: any index starting with its column serves
+
+    def served_by(self, columns: tuple, unique: bool) -> bool:
+        if self.unique and not unique:
+            return False
+        return columns[:len(self.columns)] == self.columns if self.implicit else columns == self.columns
+
+    @property
+    def table(self) -> str:
+        return self.model._meta.db_table
+
+
+def declared_indexes() -> list[DeclaredIndex]:
+    """Every secondary index and unique constraint of the node_common and node_atom models."""
+    from django.apps import apps
+    from django.db.models import UniqueConstraint
+    declared = []
+    for label in ("node_common", "node_atom"):
+        for model in apps.get_app_config(label).get_models():
+            meta = model._meta
+
+            def columns(names, meta=meta):
+                return tuple(meta.get_field(n.lstrip("-")).column for n in names)
+            for index in meta.indexes:
+                declared.append(DeclaredIndex(model, index.name, columns(index.fields), False,
+                                              lambda e, i=index, m=model: e.add_index(m, i)))
+            for constraint in meta.constraints:
+                if isinstance(constraint, UniqueConstraint) and constraint.fields:
+                    declared.append(DeclaredIndex(model, constraint.name, columns(constraint.fields), True,
+                                                  lambda e, c=constraint, m=model: e.add_constraint(m, c)))
+            for f in meta.local_concrete_fields:
+                if f.primary_key or not (f.db_index or f.unique):
+                    continue
+                declared.append(DeclaredIndex(
+                    model, f"{meta.db_table}.{f.column}", (f.column,), f.unique,
+                    lambda e, f=f, m=model: e.execute(
+                        e._create_unique_sql(m, [f]) if f.unique else e._create_index_sql(m, fields=[f])),
+                    implicit=not f.unique))
+    return declared
+
+
+def missing_indexes(using: str = DEFAULT_DB_ALIAS, declared=None) -> list[DeclaredIndex]:
+    """Declared indexes with no live index (or unique constraint) on the same columns."""
+    declared = declared_indexes() if declared is None else declared
+    connection = connections[using]
+    live = {}
+    with connection.cursor() as cursor:
+        for table in {d.table for d in declared}:
+            live[table] = [(tuple(c["columns"]), c["unique"])
+                           for c in connection.introspection.get_constraints(cursor, table).values()
+                           if c["index"] or c["unique"]]
+    return [d for d in declared
+            if not any(d.served_by(columns, unique) for columns, unique in live[d.table])]
+
+
+def index_check(using: str) -> Check:
+    missing = missing_indexes(using)
+    return Check("declared indexes and constraints missing", len(missing), f"check-indexes {option('fix')}",
+                 ", ".join(d.name for d in missing))
+
+
+def check_indexes(using: str = DEFAULT_DB_ALIAS, *, fix: bool = False) -> Report:
+    """The declared indexes and whether they exist; with ``fix``, create the missing ones."""
+    declared = declared_indexes()
+    missing = {d.name for d in missing_indexes(using, declared)}
+    if fix and missing:
+        with connections[using].schema_editor() as editor:
+            for d in declared:
+                if d.name in missing:
+                    d.create(editor)
+    status = "created" if fix else "MISSING"
+    rows = [(d.table, d.name, ", ".join(d.columns), "unique" if d.unique else "",
+             status if d.name in missing else "present") for d in declared]
+    if not missing:
+        verdict = f"all {len(declared)} declared indexes and constraints are present"
+    elif fix:
+        verdict = f"created {len(missing)} missing: " + ", ".join(sorted(missing))
+    else:
+        verdict = (f"{len(missing)} of {len(declared)} missing: " + ", ".join(sorted(missing))
+                   + f"; run check-indexes {option('fix')} to create them")
+    return Report(f"check-indexes: {describe_database(using)}",
+                  ("table", "index", "columns", "kind", "status"), rows, verdict, fix or not missing)
+
+
+# Verify against the dump -----------------------------------------------------
+
+def dump_check(using: str, dump: str, skip_header: int = ImportOptions.skip_header,
+               workers: int | None = None, progress: bool = False) -> Check:
+    """Per species: the dump's data lines (less those the database refused) = transitions stored."""
+    inp = Input(dump)
+    runs = _runs_of_input(using, inp)
+    skip_calc = bool(runs and runs[-1].options.get("skip_calc"))
+    expected = dump_species_counts(inp, skip_header, skip_calc, ImportOptions(workers=workers,
+                                                                                 progress=progress))
+    expected.subtract(refused_species_counts(runs))
+    with connections[using].cursor() as cursor:
+        cursor.execute("SELECT species_id, COUNT(*) FROM transitions GROUP BY species_id")
+        stored = dict(cursor.fetchall())
+    differ = [(sp, n, stored.get(sp, 0)) for sp, n in sorted(expected.items()) if stored.get(sp, 0) != n]
+    shown = "; ".join(f"species {sp}: dump {n:,}, stored {m:,}" for sp, n, m in differ[:5])
+    more = f" and {len(differ) - 5} more" if len(differ) > 5 else ""
+    return Check(f"species whose transitions differ from {os.path.basename(inp.name)}", len(differ),
+                 "import it (again), or rollback the runs that doubled it", shown + more)
+
+
+def _runs_of_input(using, inp) -> list:
+    """The transition runs (not rolled back) whose input starts like ``inp``, oldest first."""
+    from node_common.models import ImportRun
+    runs = (ImportRun.objects.using(using).filter(command__in=WRITES_TRANSITIONS)
+            .exclude(status=ImportRun.ROLLED_BACK).order_by("id"))
+    return [r for r in runs if inp.head_matches(r.head_bytes, r.input_head)]
+
+
+def dump_species_counts(inp: Input, skip_header: int, skip_calc: bool, options: ImportOptions) -> Counter:
+    """Records the importer would store, per species."""
+    counts = Counter()
+    config = ParseConfig(skip_header, skip_calc, transitions=False)
+    progress = _progress_bar(inp, options)
+    try:
+        with parsing(read_batches(inp.blocks(), options.batch_size), config, options) as pairs:
+            for _, parsed in pairs:
+                species, count = np.unique(parsed.species, return_counts=True) if parsed.records else ((), ())
+                counts.update(dict(zip(np.asarray(species).tolist(), np.asarray(count).tolist())))
+                _advance(progress, inp, parsed.records)
+    finally:
+        progress.close()
+    return counts
+
+
+def refused_species_counts(runs) -> Counter:
+    """Per species, the lines these runs' reject files say the database refused."""
+    counts, seen = Counter(), set()
+    field_def = FIELD["species_id"]
+    for run in runs:
+        path = run.options.get("reject_file")
+        if not path or not os.path.exists(path):
+            continue
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                number, reason, raw = (line.rstrip("\n").split("\t", 2) + ["", ""])[:3]
+                if reason.startswith("refused by the database") and number not in seen:
+                    seen.add(number)
+                    counts[int(raw[field_def.start:field_def.end])] += 1
+    return counts
+
+
+# --------------------------------------------------------------- imports ----
+
+def run_import(command: str, source: str = "-", *, using: str = DEFAULT_DB_ALIAS,
+               options: ImportOptions | None = None) -> Summary:
+    """Run one import command over ``source`` (a path or "-" for stdin) into database ``using``."""
+    if command not in COMMANDS:
+        raise UsageError(f"unknown command {command!r}")
+    options = options or ImportOptions()
+    require_input(source)
+    started = time.monotonic()
+    if options.dry_run:
+        summary = _dry_run(command, Input(source), using, options)
+    else:
+        connect_database(using)
+        with database_lock(using, options.wait), writable(using):
+            if options.fast:
+                summary = FastLoad(command, source, using, options).run()
+            else:
+                if options.clear:
+                    confirm_clear(command, options)
+                prepare_database(using, options.retries)
+                if options.clear:
+                    clear_tables(command, using)
+                summary = _import_input(command, Input(source), using, options)
+            if not options.skip_housekeeping:
+                summary.phases += with_retries(using, options.retries, lambda: housekeeping(
+                    using, skip_calc=options.skip_calc, batch_size=options.batch_size))
+            if options.verify:
+                checked = time.monotonic()
+                summary.verified = verify(using, dump=None if source in ("-", None) else source,
+                                          skip_header=options.skip_header, workers=options.workers)
+                summary.phases.append(("verify", len(summary.verified.rows), time.monotonic() - checked))
+    summary.elapsed = time.monotonic() - started
+    return summary
+
+
+def require_input(source):
+    """Refuse to wait for standard input on a terminal: nothing is piped in."""
+    if source in ("-", None) and sys.stdin is not None and sys.stdin.isatty():
+        raise NoInput(f"there is no input: standard input is a terminal; give the input with "
+                      f"{option('file')}, or pipe it in")
+
+
+CLEARS = {"import-states": ("Transition", "State"), "import-transitions": ("Transition",),
+          "import": ("Transition", "State")}  # the tables a command fills, and all that hangs on them
+
+
+def confirm_clear(command: str, options: "ImportOptions", warning: str = ""):
+    """Go on emptying the tables only with the caller's confirmation (see confirmed())."""
+    tables = ", ".join(CLEARS[command]).lower().replace("transition", "transitions").replace(
+        "state", "states")
+    if warning:
+        log.warning(warning)
+    confirmed(options.confirm, f"Empty {tables} and import? [y/N] ", f"{option('clear')} empties {tables}")
+
+
+def clear_tables(command: str, using: str):
+    """Empty the tables ``command`` fills, and forget the runs that filled them."""
+    from django.apps import apps
+    from node_common.models import ImportRun, Species
+    writer = Writer.for_alias(using)
+    models = [apps.get_model("node_atom", m) for m in CLEARS[command]]
+    with transaction.atomic(using=using):
+        for model in models:
+            writer.clear_table(model._meta.db_table)
+        emptied = {m._meta.db_table for m in models}
+        runs = [c for c, covers in RunLedger.COVERS.items() if covers & emptied]
+        ImportRun.objects.using(using).filter(command__in=runs).delete()
+        if "states" in emptied:
+            Species.objects.using(using).update(ground_state=None)
+
+
+class FastLoad:
+    """--fast: a first load into emptied tables, the fastest way each engine allows.
+
+    On top of what every first load does (secondary indexes built at the end), the
+    PostgreSQL tables are UNLOGGED meanwhile, SQLite runs without a journal, MySQL
+    without uniqueness checks. The unique constraint of the levels stays in place and
+    is verified at the end. A crash in the middle can lose everything loaded (and, on
+    SQLite, corrupt the file).
+    """
+
+    RISKS = ("a fast load empties the tables first; until the run ends, a crash or a killed "
+             "process can lose everything loaded (on SQLite, corrupt the database file), and "
+             "queries on these tables are slow: their indexes are only built at the end.")
+
+    def __init__(self, command, source, using, options):
+        from django.apps import apps
+        self.command, self.source, self.using, self.options = command, source, using, options
+        self.models = [apps.get_model("node_atom", m) for m in CLEARS[command]]
+        self.phases = []
+
+    def run(self) -> Summary:
+        if not self.options.clear:
+            raise UsageError(f"{option('fast')} needs {option('clear')}: it loads into emptied tables; "
+                             f"add {option('clear')} (it deletes what these tables hold) or leave out "
+                             f"{option('fast')}")
+        confirm_clear(self.command, self.options, self.RISKS)
+        prepare_database(self.using, self.options.retries)
+        writer = Writer.for_alias(self.using)
+        tables = [m._meta.db_table for m in self.models]
+        self._phase("clear", lambda: clear_tables(self.command, self.using))
+        writer.start_fast(tables)
+        try:
+            summary = _import_input(self.command, Input(self.source), self.using, self.options)
+        finally:
+            self._phase("crash safety back", lambda: writer.end_fast(tables))
+        self._phase("verify", self._verify_unique)
+        summary.phases = self.phases[:1] + summary.phases + self.phases[1:]
+        return summary
+
+    def _phase(self, name, work):
+        self.phases.append(timed_phase(name, work))
+
+    def _verify_unique(self) -> int:
+        """Levels checked: none may be stored twice."""
+        duplicates = duplicate_levels(self.using)
+        if duplicates:
+            raise ValdImportError(f"{duplicates:,} levels are stored twice after the fast load: rerun "
+                                  f"it with {option('fast')} {option('clear')}, or without {option('fast')}")
+        from node_atom.models import State
+        return State.objects.using(self.using).count()
+
+
+def _import_input(command, inp, using, options) -> Summary:
+    """Import ``inp`` after what earlier runs on the same input committed."""
+    if not inp.head:
+        raise empty_input(inp)
+    writer = Writer.for_alias(using)
+    ledger = RunLedger(using, command, inp, options)
+    candidates = ledger.candidates()
+    while True:
+        candidate = candidates.pop(0) if candidates else None
+        with_retries(using, options.retries, lambda: ledger.begin(candidate),
+                     on_retry=lambda error: ledger.retried.append(_first_line(error)))
+        run = BatchImport(command, inp, writer, ledger, options)
+        try:
+            return run.run()
+        except PrefixMismatch as mismatch:
+            if not inp.reopenable:
+                raise UsageError(
+                    f"standard input differs from the input of run {ledger.candidate.id} (same "
+                    f"first bytes, different before line {mismatch.line:,}): it is another input; "
+                    f"{option('clear')} replaces what is imported with it, {option('restart')} adds all "
+                    f"of it as a new run; or give it with {option('file')} to compare it with every "
+                    "earlier run") from None
+            inp.reopen()
+        except RunStopped:
+            ledger.finish_quietly(ledger.model.STOPPED, run.tally, "stopped: the most rejected lines allowed")
+            raise
+        except KeyboardInterrupt:
+            ledger.finish_quietly(ledger.model.STOPPED, None, "interrupted")
+            raise
+        except BaseException as error:
+            ledger.finish_quietly(ledger.model.FAILED, None, _one_line(error))
+            raise
+
+
 def _dry_run(command, inp, using, options) -> Summary:
     """Parse and check the whole input, write the reject file; touch no table."""
     if not inp.head:
@@ -3905,31 +4861,6 @@ def _dry_run(command, inp, using, options) -> Summary:
     return Summary(command, inp.name, describe_database(using), None, tally, dry_run=True,
                    message="checked (dry run: nothing was written)",
                    reject_file=rejects.path if tally.rejected else None)
-
-
-def _progress_bar(inp, options):
-    from tqdm import tqdm
-    enabled = options.progress if options.progress is not None else (
-        not options.quiet and sys.stderr.isatty())
-    if inp.size:
-        return tqdm(total=inp.size, unit="B", unit_scale=True, disable=not enabled,
-                    file=sys.stderr, desc=os.path.basename(inp.name))
-    return tqdm(unit=" records", unit_scale=True, disable=not enabled, file=sys.stderr, desc="stdin")
-
-
-def _advance(progress, inp, records: int = 0, note=None):
-    """Move the bar: bytes of a file as read from disk (compressed: so the ETA holds),
-    records of standard input; ``note()`` gives the text after it."""
-    if progress.disable:
-        return
-    if note is not None:
-        progress.set_postfix_str(note(), refresh=False)
-    progress.update(inp.position() - progress.n if inp.size else records)
-
-
-def _one_line(error) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}"
 
 
 def import_states(source="-", *, using=DEFAULT_DB_ALIAS, **options) -> Summary:
@@ -3956,53 +4887,6 @@ ELEMENTS = ("H He Li Be B C N O F Ne Na Mg Al Si P S Cl Ar K Ca Sc Ti V Cr Mn Fe
 SPECIES_HEADER = ("Use", "Index", "Name", "Charge", "InChI", "InChIkey", "Mass", "Ion. en.",
                   "Fract.", "Num. comp.", "N1", "N2", "N3", "N4", "Dummy")
 _ATOM_NAME = re.compile(r"(\d*)([A-Z][a-z]?)\b")
-COMPANIONS = {
-    "import-species": "import the VALD species list (VALD_list_of_species.csv)",
-    "import-linelists": "import the line lists (linelists.dat) and apply their methods",
-    "import-references": "import the BibTeX references (VALD3_ref.bib) and their XSAMS sources",
-    "import-hfs": "import the hyperfine constants (SQLite file with table AB), matched to the levels",
-}
-
-
-def run_companion(command: str, source: str = "-", *, using: str = DEFAULT_DB_ALIAS,
-                  options: ImportOptions | None = None) -> Summary:
-    """Import one companion file in one transaction; returns its summary."""
-    options = options or ImportOptions()
-    connect_database(using)
-    with database_lock(using, options.wait), writable(using):
-        return _import_companion(command, source, using, options)
-
-
-def _import_companion(command, source, using, options) -> Summary:
-    prepare_database(using, options.retries)
-    started = time.monotonic()
-    # an AB file is checked before a run is recorded
-    ab = HyperfineFile(source, options.energy_tolerance) if command == "import-hfs" else None
-    inp = Input(source)
-    ledger = RunLedger(using, command, inp, options)
-    ledger.begin(None)
-    tally, rejects = Tally(), RejectFile(ledger.reject_path())
-    rejects.open()
-    importer = {"import-species": _species_rows, "import-linelists": _linelist_rows,
-                "import-references": _reference_rows, "import-hfs": _hfs_rows}[command]
-    try:
-        text = ab if ab is not None else b"".join(inp.lines()).decode("utf-8", "replace")
-        with transaction.atomic(using=using):
-            details = importer(text, using, tally, rejects.write)
-            ledger.finish(ledger.model.COMPLETED, tally)
-    except BaseException as error:
-        ledger.finish(ledger.model.FAILED, None, _one_line(error))
-        raise
-    finally:
-        rejects.close()
-        if ab is not None:
-            ab.close()
-    update_ground_states(using)
-    return Summary(command, inp.name, describe_database(using), ledger.run.id, tally,
-                   elapsed=time.monotonic() - started, details=details,
-                   reject_file=rejects.path if tally.rejected else None,
-                   read_label={"import-references": "entries read",
-                               "import-hfs": "rows read"}.get(command, "lines read"))
 
 
 def _upsert(model, using, objects, fields, unique=("pk",)) -> tuple[int, int, int]:
@@ -4207,151 +5091,8 @@ def _reference_rows(text, using, tally, reject):
     return [("references", upsert_counts(*counts)), *seen.details(), sources]
 
 
-# XSAMS sources: the <Source> element the node serves for each reference ----------
-
-SOURCE_CATEGORIES = {"article": "journal", "book": "book", "inbook": "book", "incollection": "book",
-                     "techreport": "report", "inproceedings": "proceedings",
-                     "conference": "proceedings", "proceedings": "proceedings",
-                     "phdthesis": "thesis", "mastersthesis": "thesis"}
-OTHER_SOURCE_CATEGORY = "private communication"  # misc, unpublished and any other type
-_NOT_IN_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
-_LATEX_ESCAPE = re.compile(r"\\([_%&#$~])")
-
-
-def node_id() -> str:
-    """The node's id in XSAMS source ids (``B<node id>-<key>``): the setting VALD_NODE_ID."""
-    from django.conf import settings
-    value = str(getattr(settings, "VALD_NODE_ID", "vald"))
-    if not value or _NOT_IN_XML.search(value) or any(c.isspace() for c in value):
-        raise UsageError(f"VALD_NODE_ID {value!r} cannot be part of an XSAMS source id: "
-                         "give one word without blanks (the default is vald)")
-    return value
-
-
-def source_xml(key: str, bibtex: str, node: str) -> tuple[str, bool]:
-    """The XSAMS ``<Source>`` element of one BibTeX entry, and whether its fields could be read.
-
-    An entry bibtexparser cannot read still gets a well-formed element: its id,
-    empty ``<Authors>`` and the entry text in ``<BibTeX>``.
-    """
-    fields = _source_fields(bibtex)
-    source = ET.Element("Source", sourceID=_xml_safe(f"B{node}-{key}"))
-    authors = ET.SubElement(source, "Authors")
-    if fields is not None:
-        for name in fields.pop("authors"):
-            ET.SubElement(ET.SubElement(authors, "Author"), "Name").text = name
-        pages = re.findall(r"\d+", fields.get("pages", ""))
-        for tag, value in (("Title", fields.get("title")), ("Category", fields["category"]),
-                           ("Year", fields.get("year")),
-                           ("SourceName", fields.get("journal") or fields.get("booktitle")),
-                           ("Volume", fields.get("volume")),
-                           ("PageBegin", pages[0] if pages else None),
-                           ("PageEnd", pages[-1] if len(pages) > 1 else None),
-                           ("UniformResourceIdentifier", fields.get("url")),
-                           ("DigitalObjectIdentifier", fields.get("doi"))):
-            if value:
-                ET.SubElement(source, tag).text = value
-    ET.SubElement(source, "BibTeX").text = _xml_safe(bibtex)
-    return ET.tostring(source, encoding="unicode"), fields is not None
-
-
-def _source_fields(bibtex: str) -> dict | None:
-    """The fields of a BibTeX entry as XSAMS wants them (LaTeX decoded to Unicode, braces
-    removed, blanks collapsed; authors "First von Last Jr"), or None if it cannot be read."""
-    import logging
-    import bibtexparser
-    from bibtexparser import middlewares, model
-    logging.getLogger("bibtexparser").setLevel(logging.CRITICAL)  # the caller reports failures
-    names = [middlewares.SeparateCoAuthors(), middlewares.SplitNameParts()]
-    library = bibtexparser.parse_string(bibtex, append_middleware=names)
-    if library.failed_blocks or len(library.entries) != 1:
-        return None
-    entry = library.entries[0]
-    values = {f.key.lower(): f.value for f in entry.fields}
-    authors = [" ".join(n.first + n.von + n.last + n.jr) for n in values.pop("author", [])]
-    # url and doi as written: in LaTeX, % would start a comment
-    kept = {k: _LATEX_ESCAPE.sub(r"\1", values.pop(k)) for k in ("url", "doi")
-            if isinstance(values.get(k), str)}
-    plain = [model.Field(k, v) for k, v in values.items() if isinstance(v, str)]
-    plain += [model.Field(f"author {i}", name) for i, name in enumerate(authors)]
-    decoded = _latex_decoder().transform_entry(model.Entry(entry.entry_type, entry.key, plain), library)
-    if not isinstance(decoded, model.Entry):
-        return None
-    fields = {f.key: _xml_safe(" ".join(f.value.split())) for f in decoded.fields}
-    fields.update((k, _xml_safe(" ".join(v.split()))) for k, v in kept.items())
-    fields["authors"] = [fields.pop(f"author {i}") for i in range(len(authors))]
-    fields["category"] = SOURCE_CATEGORIES.get(entry.entry_type.lower(), OTHER_SOURCE_CATEGORY)
-    return fields
-
-
-@functools.lru_cache(maxsize=1)
-def _latex_decoder():
-    from bibtexparser.middlewares import LatexDecodingMiddleware
-    return LatexDecodingMiddleware()
-
-
-def _xml_safe(text: str) -> str:
-    """``text`` without the characters XML 1.0 cannot hold (control characters): U+FFFD instead."""
-    return _NOT_IN_XML.sub("\ufffd", text)
-
-
-def _add_source_xml(refs) -> tuple[str, str]:
-    """Set ``xml`` of each Reference; the summary row counting the minimal elements."""
-    node, unread = node_id(), []
-    for ref in refs:
-        ref.xml, readable = source_xml(ref.id, ref.bibtex, node)
-        if not readable:
-            unread.append(ref.id)
-    shown = ", ".join(unread[:10]) + (f" and {len(unread) - 10} more" if len(unread) > 10 else "")
-    return ("XSAMS sources", f"{len(refs):,} for node {node!r}" + (
-        f", {len(unread):,} minimal (fields not readable: {shown})" if unread else ""))
-
-
-def rebuild_source_xml(using: str = DEFAULT_DB_ALIAS, batch_size: int = 1000) -> int:
-    """Regenerate the XSAMS source of every reference (after VALD_NODE_ID changed, or on a
-    database imported before refs.xml existed); returns the references whose XML changed."""
-    from node_common.models import Reference
-    node, changed, last = node_id(), 0, None
-    while True:
-        batch = Reference.objects.using(using).order_by("pk")
-        batch = list((batch.filter(pk__gt=last) if last is not None else batch)[:batch_size])
-        if not batch:
-            return changed
-        last = batch[-1].pk
-        stale = []
-        for ref in batch:
-            xml = source_xml(ref.pk, ref.bibtex or "", node)[0]
-            if xml != ref.xml:
-                ref.xml = xml
-                stale.append(ref)
-        Reference.objects.using(using).bulk_update(stale, ["xml"])
-        changed += len(stale)
-
-
-def import_species(source="-", *, using=DEFAULT_DB_ALIAS, **options) -> Summary:
-    """Species list: upsert species (placeholders get their names) and components."""
-    return run_companion("import-species", source, using=using, options=ImportOptions(**options))
-
-
-def import_linelists(source="-", *, using=DEFAULT_DB_ALIAS, **options) -> Summary:
-    """Line lists, and their methods on what is already stored."""
-    return run_companion("import-linelists", source, using=using, options=ImportOptions(**options))
-
-
-def import_references(source="-", *, using=DEFAULT_DB_ALIAS, **options) -> Summary:
-    """BibTeX references."""
-    return run_companion("import-references", source, using=using, options=ImportOptions(**options))
-
-
-def import_hfs(source, *, using=DEFAULT_DB_ALIAS, **options) -> Summary:
-    """Hyperfine constants of an AB file matched to the stored levels (``energy_tolerance`` in
-    cm-1, default 1.0); they replace the constants of every level."""
-    return run_companion("import-hfs", source, using=using, options=ImportOptions(**options))
-
-
 # Hyperfine constants ---------------------------------------------------------
 
-HFS_CONSTANTS = ("hfs_A", "hfs_dA", "hfs_B", "hfs_dB")
 HFS_STAGE_TABLE = "valdimport_stage_hfs"
 HFS_BATCH = 5000
 
@@ -4364,7 +5105,7 @@ class HyperfineFile:
     def __init__(self, path: str, tolerance: float = 1.0):
         import sqlite3
         if path in (None, "-"):
-            raise UsageError("import-hfs reads an SQLite file, not standard input: give it with --file")
+            raise UsageError(f"import-hfs reads an SQLite file, not standard input: give it with {option('file')}")
         self.path, self.tolerance = str(path), tolerance
         try:
             open(self.path, "rb").close()
@@ -4582,572 +5323,70 @@ def _apply_hfs_matches(cursor, using) -> tuple[int, int]:
     return cleared, cursor.rowcount
 
 
-def sql_differ(a: str, b: str) -> str:
-    """SQL: ``a`` and ``b`` differ, a NULL differing from any value but not from NULL."""
-    return f"({a} <> {b} OR ({a} IS NULL) <> ({b} IS NULL))"
+# The companion commands ------------------------------------------------------
+
+def run_companion(command: str, source: str = "-", *, using: str = DEFAULT_DB_ALIAS,
+                  options: ImportOptions | None = None) -> Summary:
+    """Import one companion file in one transaction; returns its summary."""
+    options = options or ImportOptions()
+    if command != "import-hfs":  # which says that it needs a file
+        require_input(source)
+    connect_database(using)
+    with database_lock(using, options.wait), writable(using):
+        return _import_companion(command, source, using, options)
 
 
-# ------------------------------------------------------------ operations ----
-
-def describe_database(using: str = DEFAULT_DB_ALIAS) -> str:
-    """Engine and location of a database, without its password."""
-    settings = connections[using].settings_dict
-    vendor = connections[using].vendor
-    if vendor == "sqlite":
-        return f"sqlite {settings['NAME']}"
-    host = settings.get("HOST") or "localhost"
-    port = f":{settings['PORT']}" if settings.get("PORT") else ""
-    user = f"{settings['USER']}@" if settings.get("USER") else ""
-    return f"{vendor} {user}{host}{port}/{settings['NAME']}"
-
-
-def connect_database(using: str = DEFAULT_DB_ALIAS):
-    """The connection of ``using``, checked to answer (else one clear line)."""
-    from django.core.exceptions import ImproperlyConfigured
+def _import_companion(command, source, using, options) -> Summary:
+    prepare_database(using, options.retries)
+    started = time.monotonic()
+    # an AB file is checked before a run is recorded
+    ab = HyperfineFile(source, options.energy_tolerance) if command == "import-hfs" else None
+    inp = Input(source)
+    ledger = RunLedger(using, command, inp, options)
+    ledger.begin(None)
+    tally, rejects = Tally(), RejectFile(ledger.reject_path())
+    rejects.open()
+    importer = {"import-species": _species_rows, "import-linelists": _linelist_rows,
+                "import-references": _reference_rows, "import-hfs": _hfs_rows}[command]
     try:
-        connection = connections[using]
-        connection.ensure_connection()
-    except ImproperlyConfigured as error:
-        reason = " ".join(str(error).split())  # Django's hint is on a second line
-        raise UsageError(f"cannot use the database: {reason}") from None
-    except Exception as error:
-        raise UsageError(f"cannot connect to {describe_database(using)}: {_first_line(error)}; "
-                         "is the server running, and are --database-url / DATABASE_URL right?") from None
-    return connection
-
-
-def prepare_database(using: str = DEFAULT_DB_ALIAS, retries: int = 5):
-    """Check that the database answers and create or migrate the schema when needed (the
-    import commands do, holding the database's lock)."""
-    plan = _migration_plan(connect_database(using))
-    if plan:
-        from django.core.management import call_command
-        with_retries(using, retries, lambda: call_command(
-            "migrate", database=using, interactive=False, verbosity=0))
-
-
-def require_schema(using: str = DEFAULT_DB_ALIAS):
-    """The operations never create a database or its tables: they refuse one without them
-    (a mistyped SQLite path or database name, say)."""
-    settings = connections[using].settings_dict
-    name = str(settings["NAME"])
-    if (connections[using].vendor == "sqlite" and name not in ("", ":memory:")
-            and not name.startswith("file:") and not os.path.exists(name)):
-        raise UsageError(f"there is no SQLite database {name}: check --database-url / "
-                         "DATABASE_URL (the import commands create it)")
-    connection = connect_database(using)
-    if _migration_plan(connection):
-        from django.db.migrations.recorder import MigrationRecorder
-        if not MigrationRecorder(connection).applied_migrations():
-            raise UsageError(f"{describe_database(using)} holds no valdimport tables: check "
-                             "--database-url / DATABASE_URL (the import commands create them)")
-        raise UsageError(f"the tables of {describe_database(using)} are older than this "
-                         "valdimport: an import command (or manage.py migrate) updates them")
-
-
-def _migration_plan(connection) -> list:
-    from django.db.migrations.executor import MigrationExecutor
-    executor = MigrationExecutor(connection)
-    return executor.migration_plan(executor.loader.graph.leaf_nodes())
-
-
-@contextlib.contextmanager
-def writable(using: str):
-    """A database that refuses to be written (a read-only file, server or transaction) is
-    a matter of configuration: one clear line, exit 2, not a failure to resume."""
-    try:
-        yield
-    except Exception as error:
-        if not read_only(error):
-            raise
-        raise UsageError(f"cannot write to {describe_database(using)}: {_first_line(driver_error(error))}; "
-                         "make it writable (file permissions, the server's read-only mode, "
-                         "the user's privileges) or choose another with --database-url / "
-                         "DATABASE_URL") from error
-
-
-def _first_line(error) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
-
-
-def linelist_methods(using: str = DEFAULT_DB_ALIAS) -> dict:
-    """Line-list id -> method, from the linelists table."""
-    from node_common.models import LineList
-    return dict(LineList.objects.using(using).exclude(method=None).values_list("id", "method"))
-
-
-def undecoded_levels(using: str, run_id: int) -> list:
-    """[coupling, levels, an example description] per coupling, of the levels a run stored
-    whose description gave no quantum number (one GROUP BY over the run's levels)."""
-    from django.db.models import Count, Min
-    from node_atom.models import State
-    rows = State.objects.using(using).filter(
-        run_id=run_id, term_desc__isnull=False,
-        **{f"{column}__isnull": True for column in DECODED_QN_COLUMNS}).values(
-        "coupling_case").annotate(n=Count("id"), example=Min("term_desc")).order_by()
-    return sorted(([r["coupling_case"], r["n"], r["example"]] for r in rows),
-                  key=lambda row: row[0] or "")
-
-
-def apply_linelist_methods(using: str = DEFAULT_DB_ALIAS) -> tuple[int, int]:
-    """Set wave_method (from ll1) and energy_method (from the level's energy line list) of
-    rows already stored: one UPDATE per table, touching only rows whose method changes."""
-    dialect = Dialect.for_alias(using)
-    counts = []
-    with transaction.atomic(using=using), connections[using].cursor() as cursor:
-        for table, target, source in (("transitions", "wave_method", "ll1"),
-                                      ("states", "energy_method", "energy_linelist_id")):
-            cursor.execute(dialect.update_from_linelists_sql(table, target, source))
-            counts.append(cursor.rowcount)
-    return tuple(counts)
-
-
-def update_ground_states(using: str = DEFAULT_DB_ALIAS) -> int:
-    """Set species.ground_state_id to the lowest-energy level of each species with levels."""
-    q = connections[using].ops.quote_name
-    with transaction.atomic(using=using), connections[using].cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {q('species')} SET {q('ground_state_id')} = "
-            f"(SELECT s.id FROM {q('states')} s WHERE s.{q('species_id')} = {q('species')}.id "
-            f"ORDER BY s.{q('energy_scaled')}, s.id LIMIT 1) "
-            f"WHERE {q('ground_state_id')} IS NOT NULL "
-            f"OR EXISTS (SELECT 1 FROM {q('states')} s WHERE s.{q('species_id')} = {q('species')}.id)")
-        return cursor.rowcount
-
-
-def housekeeping(using: str = DEFAULT_DB_ALIAS, *, skip_calc: bool = False,
-                 batch_size: int = 10_000, rebuild_xml: bool = False) -> list:
-    """After an import: ground states, Einstein A still missing, planner statistics; with
-    ``rebuild_xml``, the XSAMS sources of the references first.
-
-    Returns the phases (name, rows, seconds).
-    """
-    sources = [timed_phase("XSAMS sources", lambda: rebuild_source_xml(using))] if rebuild_xml else []
-    return sources + [
-        timed_phase("ground states", lambda: update_ground_states(using)),
-        timed_phase("derived values", lambda: 0 if skip_calc else fill_einstein_a(using, batch_size)),
-        timed_phase("statistics", lambda: analyze_tables(using))]
-
-
-def fill_einstein_a(using: str = DEFAULT_DB_ALIAS, batch_size: int = 10_000) -> int:
-    """Compute Einstein A where it is missing and computable, a batch of rows at a time."""
-    q = connections[using].ops.quote_name
-    select = (f"SELECT t.id, t.loggf, u.{q('J_scaled')}, t.wave FROM transitions t "
-              f"JOIN states u ON u.id = t.upstate WHERE {missing_einstein_a(q)} AND t.id > %s "
-              "ORDER BY t.id LIMIT %s")
-    filled, last = 0, 0
-    while True:
-        with transaction.atomic(using=using), connections[using].cursor() as cursor:
-            cursor.execute(select, [last, batch_size])
-            rows = cursor.fetchall()
-            if not rows:
-                return filled
-            last = rows[-1][0]
-            values = []
-            for row_id, loggf, j_scaled, wave in rows:
-                try:
-                    values.append((einstein_a(str(loggf), j_scaled, str(wave)), row_id))
-                except RejectedLine:  # overflows: left empty
-                    pass
-            cursor.executemany("UPDATE transitions SET einsteina = %s WHERE id = %s", values)
-            filled += len(values)
-
-
-def missing_einstein_a(q) -> str:
-    """SQL: transition t (upper level u) has no Einstein A though einstein_a() would give one."""
-    return f"t.einsteina IS NULL AND t.loggf IS NOT NULL AND u.{q('J_scaled')} >= 0 AND t.wave <> 0"
-
-
-def analyze_tables(using: str = DEFAULT_DB_ALIAS) -> int:
-    """Refresh the query planner's statistics of the VALD tables; returns the tables analysed."""
-    tables = ("species", "states", "transitions")
-    with connections[using].cursor() as cursor:
-        for statement in Dialect.for_alias(using).analyze_sql(tables):
-            cursor.execute(statement)
-            if cursor.description:
-                cursor.fetchall()
-    return len(tables)
-
-
-def duplicate_levels(using: str = DEFAULT_DB_ALIAS) -> int:
-    """Level rows beyond the first for one (species, energy, J)."""
-    q = connections[using].ops.quote_name
-    return _scalar(using, "SELECT COALESCE(SUM(n - 1), 0) FROM (SELECT COUNT(*) AS n FROM states "
-                          f"GROUP BY species_id, energy, {q('J')} HAVING COUNT(*) > 1) d")
-
-
-def _scalar(using, sql, params=()):
-    with connections[using].cursor() as cursor:
-        cursor.execute(sql, params)
-        return int(cursor.fetchone()[0] or 0)
-
-
-# Verify ----------------------------------------------------------------------
-
-@dataclass
-class Check:
-    name: str
-    count: int
-    fix: str = ""  # what to do about it, shown when the check fails
-    detail: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.count == 0
-
-
-@dataclass
-class Report:
-    """What an operation found or did: ``table()`` for people, ``as_dict()`` for scripts."""
-
-    title: str
-    columns: tuple
-    rows: list
-    verdict: str = ""
-    ok: bool = True
-    data: object = None  # the JSON form of the rows, when not just rows by column
-
-    def table(self) -> str:
-        body = format_table(self.columns, self.rows) if self.rows else "  (none)"
-        return "\n".join(part for part in (self.title, body, self.verdict) if part)
-
-    def as_dict(self) -> dict:
-        rows = self.data if self.data is not None else [dict(zip(self.columns, r)) for r in self.rows]
-        return {"title": self.title, "ok": self.ok, "verdict": self.verdict, "rows": rows}
-
-
-def verify(using: str = DEFAULT_DB_ALIAS, *, dump: str | None = None, skip_header: int = 2,
-           workers: int | None = None, progress: bool | None = None) -> Report:
-    """Check the database: links, uniqueness, derived values, indexes, and the dump's counts."""
-    checks = database_checks(using)
-    checks.append(reference_check(using))
-    checks.append(index_check(using))
-    if dump is not None:
-        checks.append(dump_check(using, dump, skip_header, workers, progress))
-    failed = [c for c in checks if not c.ok]
-    rows = [(c.name, f"{c.count:,}", "ok" if c.ok else "FAILED" + (f": {c.detail}" if c.detail else "")
-             + (f" ({c.fix})" if c.fix else "")) for c in checks]
-    verdict = (f"all {len(checks)} checks passed" if not failed
-               else f"{len(failed)} of {len(checks)} checks failed: "
-                    + ", ".join(c.name for c in failed))
-    data = [dict(check=c.name, count=c.count, ok=c.ok, detail=c.detail, fix=c.fix) for c in checks]
-    return Report(f"verify: {describe_database(using)}", ("check", "count", "verdict"), rows,
-                  verdict, not failed, data)
-
-
-def database_checks(using: str) -> list[Check]:
-    """The checks that need only the database: each one SQL count, and when it is not zero
-    one LIMIT query that names the first failing rows."""
-    dialect = Dialect.for_alias(using)
-    q, real = dialect.q, dialect.float_type
-    j, j_scaled = q("J"), q("J_scaled")
-
-    def num(column):
-        return f"CAST({column} AS {real})"
-    ritz_off = (f"ABS({num('t.waveritz')} - 100000000.0 / ABS({num('u.energy')} - {num('l.energy')})) "
-                f"> {num('t.waveritz')} * {num('t.waveritz')} * 1e-12 + 1e-5")
-    # how every XSAMS source of this node starts: <Source sourceID="B<node id>-
-    source_prefix = ET.tostring(ET.Element("Source", sourceID=f"B{node_id()}-")).decode()[:-len('" />')]
-    transition = (("t.id", "t.species_id", "t.wave"), _name_transition)
-    level = (("s.id", "s.species_id", "s.energy", f"s.{j}"), _name_level)
-
-    def failing(tables, where, columns, named):
-        """(the count, the SQL naming the first failing rows, how it names a row)."""
-        return (f"SELECT COUNT(*) FROM {tables} WHERE {where}",
-                f"SELECT {', '.join(columns)} FROM {tables} WHERE {where} "
-                f"ORDER BY {columns[0]} LIMIT {EXAMPLES}", named)
-    hfs_differ = " OR ".join(sql_differ(f"s.{q(c)}", f"m.{q(c)}") for c in HFS_CONSTANTS)
-    hfs_levels = failing("states s LEFT JOIN hfs_matches m ON m.state_id = s.id", hfs_differ, *level)
-    queries = [
-        ("transitions whose upper level is missing", "rollback the run that stored them, or reimport",
-         failing("transitions t", "NOT EXISTS (SELECT 1 FROM states s WHERE s.id = t.upstate)",
-                 *transition), ()),
-        ("transitions whose lower level is missing", "rollback the run that stored them, or reimport",
-         failing("transitions t", "NOT EXISTS (SELECT 1 FROM states s WHERE s.id = t.lostate)",
-                 *transition), ()),
-        ("transitions whose species is missing", "import-species",
-         failing("transitions t", "NOT EXISTS (SELECT 1 FROM species sp WHERE sp.id = t.species_id)",
-                 *transition), ()),
-        ("levels whose species is missing", "import-species",
-         failing("states s", "NOT EXISTS (SELECT 1 FROM species sp WHERE sp.id = s.species_id)",
-                 *level), ()),
-        ("levels stored twice (species, energy, J)", "check-indexes --fix after removing the copies",
-         None, ()),
-        ("levels whose key disagrees with energy or J", "reimport these levels",
-         failing("states s", f"s.energy_scaled <> ROUND(s.energy * 10000) OR "
-                 f"s.{j_scaled} <> CASE WHEN s.{j} IS NULL THEN -1 ELSE ROUND(s.{j} * 10) END", *level), ()),
-        ("levels used by no transition", "import-transitions, or rollback the run that stored them",
-         failing("states s", dialect.unused_level("s"), *level), ()),
-        ("Einstein A missing where computable", "housekeeping",
-         failing("transitions t JOIN states u ON u.id = t.upstate", missing_einstein_a(q), *transition), ()),
-        ("species whose ground state is not their lowest level", "housekeeping",
-         failing("species sp", "EXISTS (SELECT 1 FROM states s WHERE s.species_id = sp.id) AND NOT EXISTS "
-                 "(SELECT 1 FROM states g WHERE g.id = sp.ground_state_id AND g.species_id = sp.id "
-                 "AND g.energy_scaled = (SELECT MIN(m.energy_scaled) FROM states m "
-                 "WHERE m.species_id = sp.id))", ("sp.id",), lambda row: f"species {row[0]}"), ()),
-        ("Ritz wavelengths that disagree with level energies", "",
-         failing("transitions t JOIN states u ON u.id = t.upstate JOIN states l ON l.id = t.lostate",
-                 "t.autoionized = %s AND t.waveritz IS NOT NULL "
-                 f"AND u.energy_scaled <> l.energy_scaled AND {ritz_off}",
-                 ("t.id", "t.species_id", "t.waveritz", "l.energy", "u.energy"), _name_ritz), (False,)),
-        ("references without the XSAMS source of this node", "housekeeping --rebuild-xml",
-         failing("refs r", "r.xml IS NULL OR SUBSTR(r.xml, 1, %s) <> %s", ("r.id",),
-                 lambda row: f"reference {row[0]}"), (len(source_prefix), source_prefix)),
-        ("levels whose hyperfine constants differ from the last import-hfs",
-         "import-hfs --file AB.db: it sets the constants of every level",
-         (f"SELECT ({hfs_levels[0]}) + (SELECT COUNT(*) FROM hfs_matches m WHERE NOT EXISTS "
-          "(SELECT 1 FROM states s WHERE s.id = m.state_id))", *hfs_levels[1:]), ()),
-    ]
-    checks = []
-    for name, fix, sql, params in queries:
-        if sql is None:
-            count = duplicate_levels(using)
-            names = duplicate_level_examples(using) if count else []
-        else:
-            count_sql, examples_sql, named = sql
-            count = _scalar(using, count_sql, params)
-            names = [named(row) for row in _rows(using, examples_sql, params)] if count else []
-        checks.append(Check(name, count, fix, _examples_text(names, count)))
-    return checks
-
-
-EXAMPLES = 5  # failing rows verify names per check
-REFERENCE_COLUMNS = {"transitions": ("wave_ref_id", "waveritz_ref_id", "loggf_ref_id", "gammarad_ref_id",
-                                     "gammastark_ref_id", "waals_ref_id"),
-                     "states": ("energy_ref_id", "lande_ref_id", "level_ref_id")}
-
-
-def reference_check(using: str) -> Check:
-    """Rows whose reference keys (a *_ref_id column, comma-joined keys) ``refs`` lacks."""
-    missing = missing_reference_keys(using)
-    detail = "; ".join(f"{column} {rows:,} row{'s' * (rows != 1)} ({', '.join(keys[:EXAMPLES])}"
-                       + (f" and {len(keys) - EXAMPLES} more keys)" if len(keys) > EXAMPLES else ")")
-                       for column, rows, keys in missing)
-    return Check("reference keys missing from refs (rows, per quantity)",
-                 sum(rows for _, rows, _ in missing),
-                 "import-references, with a BibTeX file that has these keys", detail)
-
-
-def missing_reference_keys(using: str) -> list:
-    """(column, rows, keys refs lacks) per *_ref_id column with such rows.
-
-    One GROUP BY per column: a few thousand distinct values, split into keys here,
-    however many rows there are; no join with refs, so the same SQL runs everywhere.
-    """
-    from node_common.models import Reference
-    known = set(Reference.objects.using(using).values_list("id", flat=True))
-    q = connections[using].ops.quote_name
-    out = []
-    for table, columns in REFERENCE_COLUMNS.items():
-        for column in columns:
-            rows, keys = 0, set()
-            for value, n in _rows(using, f"SELECT {q(column)}, COUNT(*) FROM {table} "
-                                         f"WHERE {q(column)} IS NOT NULL GROUP BY {q(column)}"):
-                lacking = [key for key in value.split(",") if key not in known]
-                if lacking:
-                    rows += n
-                    keys.update(lacking)
-            if rows:
-                out.append((column, rows, sorted(keys)))
-    return out
-
-
-def _examples_text(names: list, count: int) -> str:
-    """``level 7 (species 2601, ...); ... and N more``: the failing rows a check names."""
-    more = count - len(names)
-    return "; ".join(names) + (f" and {more:,} more" if names and more > 0 else "")
-
-
-def _fixed(value, places: int) -> str:
-    """A decimal column as text with its places, whatever type the driver returns."""
-    return "unknown" if value is None else f"{float(value):.{places}f}"
-
-
-def _name_transition(row) -> str:
-    return f"transition {row[0]} (species {row[1]}, wave {_fixed(row[2], 5)})"
-
-
-def _name_level(row) -> str:
-    return f"level {row[0]} (species {row[1]}, energy {_fixed(row[2], 4)}, J {_fixed(row[3], 1)})"
-
-
-def _name_ritz(row) -> str:
-    return (f"transition {row[0]} (species {row[1]}, waveritz {_fixed(row[2], 5)}, "
-            f"levels {_fixed(row[3], 4)} and {_fixed(row[4], 4)})")
-
-
-def _rows(using, sql, params=()) -> list:
-    with connections[using].cursor() as cursor:
-        cursor.execute(sql, params)
-        return cursor.fetchall()
-
-
-def duplicate_level_examples(using: str) -> list:
-    """The first few (species, energy, J) stored more than once, named with their row counts."""
-    q = connections[using].ops.quote_name
-    rows = _rows(using, f"SELECT species_id, energy, {q('J')}, COUNT(*) FROM states "
-                        f"GROUP BY species_id, energy, {q('J')} HAVING COUNT(*) > 1 "
-                        f"ORDER BY species_id, energy LIMIT {EXAMPLES}")
-    return [f"species {sp}, energy {_fixed(energy, 4)}, J {_fixed(j, 1)}: {n} rows"
-            for sp, energy, j, n in rows]
-
-
-# Indexes ---------------------------------------------------------------------
-
-@dataclass
-class DeclaredIndex:
-    """An index or unique constraint the models declare, and how to create it."""
-
-    model: type
-    name: str
-    columns: tuple
-    unique: bool
-    create: object  # editor -> None
-    implicit: bool = False  # a field's own index: any index starting with its column serves
-
-    def served_by(self, columns: tuple, unique: bool) -> bool:
-        if self.unique and not unique:
-            return False
-        return columns[:len(self.columns)] == self.columns if self.implicit else columns == self.columns
-
-    @property
-    def table(self) -> str:
-        return self.model._meta.db_table
-
-
-def declared_indexes() -> list[DeclaredIndex]:
-    """Every secondary index and unique constraint of the node_common and node_atom models."""
-    from django.apps import apps
-    from django.db.models import UniqueConstraint
-    declared = []
-    for label in ("node_common", "node_atom"):
-        for model in apps.get_app_config(label).get_models():
-            meta = model._meta
-
-            def columns(names, meta=meta):
-                return tuple(meta.get_field(n.lstrip("-")).column for n in names)
-            for index in meta.indexes:
-                declared.append(DeclaredIndex(model, index.name, columns(index.fields), False,
-                                              lambda e, i=index, m=model: e.add_index(m, i)))
-            for constraint in meta.constraints:
-                if isinstance(constraint, UniqueConstraint) and constraint.fields:
-                    declared.append(DeclaredIndex(model, constraint.name, columns(constraint.fields), True,
-                                                  lambda e, c=constraint, m=model: e.add_constraint(m, c)))
-            for f in meta.local_concrete_fields:
-                if f.primary_key or not (f.db_index or f.unique):
-                    continue
-                declared.append(DeclaredIndex(
-                    model, f"{meta.db_table}.{f.column}", (f.column,), f.unique,
-                    lambda e, f=f, m=model: e.execute(
-                        e._create_unique_sql(m, [f]) if f.unique else e._create_index_sql(m, fields=[f])),
-                    implicit=not f.unique))
-    return declared
-
-
-def missing_indexes(using: str = DEFAULT_DB_ALIAS, declared=None) -> list[DeclaredIndex]:
-    """Declared indexes with no live index (or unique constraint) on the same columns."""
-    declared = declared_indexes() if declared is None else declared
-    connection = connections[using]
-    live = {}
-    with connection.cursor() as cursor:
-        for table in {d.table for d in declared}:
-            live[table] = [(tuple(c["columns"]), c["unique"])
-                           for c in connection.introspection.get_constraints(cursor, table).values()
-                           if c["index"] or c["unique"]]
-    return [d for d in declared
-            if not any(d.served_by(columns, unique) for columns, unique in live[d.table])]
-
-
-def index_check(using: str) -> Check:
-    missing = missing_indexes(using)
-    return Check("declared indexes and constraints missing", len(missing), "check-indexes --fix",
-                 ", ".join(d.name for d in missing))
-
-
-def check_indexes(using: str = DEFAULT_DB_ALIAS, *, fix: bool = False) -> Report:
-    """The declared indexes and whether they exist; with ``fix``, create the missing ones."""
-    declared = declared_indexes()
-    missing = {d.name for d in missing_indexes(using, declared)}
-    if fix and missing:
-        with connections[using].schema_editor() as editor:
-            for d in declared:
-                if d.name in missing:
-                    d.create(editor)
-    status = "created" if fix else "MISSING"
-    rows = [(d.table, d.name, ", ".join(d.columns), "unique" if d.unique else "",
-             status if d.name in missing else "present") for d in declared]
-    if not missing:
-        verdict = f"all {len(declared)} declared indexes and constraints are present"
-    elif fix:
-        verdict = f"created {len(missing)} missing: " + ", ".join(sorted(missing))
-    else:
-        verdict = (f"{len(missing)} of {len(declared)} missing: " + ", ".join(sorted(missing))
-                   + "; run check-indexes --fix to create them")
-    return Report(f"check-indexes: {describe_database(using)}",
-                  ("table", "index", "columns", "kind", "status"), rows, verdict, fix or not missing)
-
-
-# Verify against the dump -----------------------------------------------------
-
-def dump_check(using: str, dump: str, skip_header: int = 2, workers: int | None = None,
-               progress: bool | None = None) -> Check:
-    """Per species: the dump's data lines (less those the database refused) = transitions stored."""
-    inp = Input(dump)
-    runs = _runs_of_input(using, inp)
-    skip_calc = bool(runs and runs[-1].options.get("skip_calc"))
-    expected = dump_species_counts(inp, skip_header, skip_calc, ImportOptions(workers=workers,
-                                                                                 progress=progress))
-    expected.subtract(refused_species_counts(runs))
-    with connections[using].cursor() as cursor:
-        cursor.execute("SELECT species_id, COUNT(*) FROM transitions GROUP BY species_id")
-        stored = dict(cursor.fetchall())
-    differ = [(sp, n, stored.get(sp, 0)) for sp, n in sorted(expected.items()) if stored.get(sp, 0) != n]
-    shown = "; ".join(f"species {sp}: dump {n:,}, stored {m:,}" for sp, n, m in differ[:5])
-    more = f" and {len(differ) - 5} more" if len(differ) > 5 else ""
-    return Check(f"species whose transitions differ from {os.path.basename(inp.name)}", len(differ),
-                 "import it (again), or rollback the runs that doubled it", shown + more)
-
-
-def _runs_of_input(using, inp) -> list:
-    """The transition runs (not rolled back) whose input starts like ``inp``, oldest first."""
-    from node_common.models import ImportRun
-    runs = (ImportRun.objects.using(using).filter(command__in=WRITES_TRANSITIONS)
-            .exclude(status=ImportRun.ROLLED_BACK).order_by("id"))
-    return [r for r in runs if inp.head_matches(r.head_bytes, r.input_head)]
-
-
-def dump_species_counts(inp: Input, skip_header: int, skip_calc: bool, options: ImportOptions) -> Counter:
-    """Records the importer would store, per species."""
-    counts = Counter()
-    config = ParseConfig(skip_header, skip_calc, transitions=False)
-    progress = _progress_bar(inp, options)
-    try:
-        with parsing(read_batches(inp.blocks(), options.batch_size), config, options) as pairs:
-            for _, parsed in pairs:
-                species, count = np.unique(parsed.species, return_counts=True) if parsed.records else ((), ())
-                counts.update(dict(zip(np.asarray(species).tolist(), np.asarray(count).tolist())))
-                _advance(progress, inp, parsed.records)
+        text = ab if ab is not None else b"".join(inp.lines()).decode("utf-8", "replace")
+        with transaction.atomic(using=using):
+            details = importer(text, using, tally, rejects.write)
+            ledger.finish(ledger.model.COMPLETED, tally)
+    except BaseException as error:
+        ledger.finish(ledger.model.FAILED, None, _one_line(error))
+        raise
     finally:
-        progress.close()
-    return counts
+        rejects.close()
+        if ab is not None:
+            ab.close()
+    update_ground_states(using)
+    return Summary(command, inp.name, describe_database(using), ledger.run.id, tally,
+                   elapsed=time.monotonic() - started, details=details,
+                   reject_file=rejects.path if tally.rejected else None,
+                   read_label={"import-references": "entries read",
+                               "import-hfs": "rows read"}.get(command, "lines read"))
 
 
-def refused_species_counts(runs) -> Counter:
-    """Per species, the lines these runs' reject files say the database refused."""
-    counts, seen = Counter(), set()
-    field_def = FIELD["species_id"]
-    for run in runs:
-        path = run.options.get("reject_file")
-        if not path or not os.path.exists(path):
-            continue
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                number, reason, raw = (line.rstrip("\n").split("\t", 2) + ["", ""])[:3]
-                if reason.startswith("refused by the database") and number not in seen:
-                    seen.add(number)
-                    counts[int(raw[field_def.start:field_def.end])] += 1
-    return counts
+def import_species(source="-", *, using=DEFAULT_DB_ALIAS, **options) -> Summary:
+    """Species list: upsert species (placeholders get their names) and components."""
+    return run_companion("import-species", source, using=using, options=ImportOptions(**options))
+
+
+def import_linelists(source="-", *, using=DEFAULT_DB_ALIAS, **options) -> Summary:
+    """Line lists, and their methods on what is already stored."""
+    return run_companion("import-linelists", source, using=using, options=ImportOptions(**options))
+
+
+def import_references(source="-", *, using=DEFAULT_DB_ALIAS, **options) -> Summary:
+    """BibTeX references."""
+    return run_companion("import-references", source, using=using, options=ImportOptions(**options))
+
+
+def import_hfs(source, *, using=DEFAULT_DB_ALIAS, **options) -> Summary:
+    """Hyperfine constants of an AB file matched to the stored levels (``energy_tolerance`` in
+    cm-1, default 1.0); they replace the constants of every level."""
+    return run_companion("import-hfs", source, using=using, options=ImportOptions(**options))
 
 
 # Runs and rollback -----------------------------------------------------------
@@ -5171,14 +5410,6 @@ def list_runs(using: str = DEFAULT_DB_ALIAS, *, limit: int | None = None) -> Rep
                    "imported", "rejected", "skipped", "resumed from"), rows, data=data)
 
 
-def run_status(run) -> str:
-    """The run's status, "interrupted" for a running run whose process is gone."""
-    if (run.status == run.RUNNING and run.host == _host() and run.pid != os.getpid()
-            and not _process_alive(run)):
-        return "interrupted"
-    return run.status
-
-
 def _seconds(run) -> float:
     return round(((run.finished_at or run.updated_at) - run.started_at).total_seconds(), 3)
 
@@ -5191,13 +5422,14 @@ def _duration(run) -> str:
     return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min {seconds:02d} s"
 
 
-def rollback_run(using: str = DEFAULT_DB_ALIAS, run_id: int = 0, *, yes: bool = False) -> Report:
-    """Remove the transitions of a run and the levels it stored that no transition uses."""
+def rollback_run(using: str = DEFAULT_DB_ALIAS, run_id: int = 0, *, confirm=None) -> Report:
+    """Remove the transitions of a run and the levels it stored that no transition uses;
+    only with a confirmation (``confirm``: True, or a function that asks; see confirmed())."""
     from node_common.models import ImportRun
     run = _run_to_roll_back(using, run_id)
-    confirm(f"Delete the transitions and unused levels of run {run.id} ({run.command} "
-            f"{run.input_name}, {run.imported:,} records)? [y/N] ", yes,
-            "rollback asks for confirmation on a terminal, and there is none: add --yes")
+    confirmed(confirm, f"Delete the transitions and unused levels of run {run.id} ({run.command} "
+                       f"{run.input_name}, {run.imported:,} records)? [y/N] ",
+              f"rolling back run {run.id} deletes its transitions")
     dialect = Dialect.for_alias(using)
     with transaction.atomic(using=using), connections[using].cursor() as cursor:
         cursor.execute("DELETE FROM transitions WHERE run_id = %s", [run.id])
@@ -5255,26 +5487,7 @@ def _delete_placeholder_species(using, cursor, ids) -> int:
     return cursor.rowcount
 
 
-def confirm(question: str, yes: bool, refusal: str):
-    """Ask on the terminal (stdin may be the dump), unless ``yes``; refuse without one."""
-    if yes:
-        return
-    try:
-        with open("/dev/tty", "r+") as tty:
-            tty.write(question)
-            tty.flush()
-            answer = tty.readline().strip().lower()
-    except OSError:
-        raise UsageError(refusal) from None
-    if answer not in ("y", "yes"):
-        raise UsageError("not confirmed: nothing was changed")
-
-
 # ------------------------------------------------------------------- CLI ----
-
-SUPPORTED_ENGINES = {"django.db.backends.sqlite3", "django.db.backends.postgresql",
-                     "django.db.backends.mysql"}
-
 
 def database_settings(url: str) -> dict:
     """Django DATABASES entry for a sqlite://, postgres:// or mysql:// URL."""
@@ -5297,6 +5510,7 @@ def database_settings(url: str) -> dict:
         options.setdefault("local_infile", True)  # LOAD DATA LOCAL INFILE, the fast path
         # Strict mode: MySQL refuses bad values instead of silently truncating them.
         options.setdefault("init_command", "SET sql_mode='STRICT_TRANS_TABLES'")
+    require_driver(config["ENGINE"])
     return config
 
 
@@ -5320,194 +5534,191 @@ def configure_django(database_url: str | None = None):
     django.setup()
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    value = float(text)
-    if not 0 <= value < math.inf:
-        raise argparse.ArgumentTypeError(f"must be a number, 0 or more, not {text}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
-    return value
-
-
 def run_command(command: str, source: str = "-", *, using: str = DEFAULT_DB_ALIAS,
-                options: ImportOptions | None = None) -> Summary:
-    """Run any import command by its CLI name."""
+                options: ImportOptions | None = None, form=python_option) -> Summary:
+    """Run any import command by its name; with ``options.summary_json``, write the summary there."""
     run = run_companion if command in COMPANIONS else run_import
     if options is not None and options.summary_json:
         folder = os.path.dirname(os.path.abspath(options.summary_json))
         if not os.access(folder, os.W_OK):
             raise UsageError(f"cannot write the summary to {options.summary_json}: no writable "
-                             f"folder {folder}; give a writable --summary-json path")
+                             f"folder {folder}; choose another with {option('summary_json')}")
     summary = run(command, source, using=using, options=options)
     if options is not None and options.summary_json:
-        summary.write_json(options.summary_json)
+        summary.write_json(options.summary_json, form)
     return summary
 
 
-def add_import_arguments(parser, companion: bool = False, command: str | None = None):
-    """The options of the import commands, in the CLI and in Django."""
-    parser.add_argument("--file", "-f", default="-", metavar="PATH",
-                        help="the input: plain, gzip, bzip2 or xz (default: standard input)")
-    parser.add_argument("--reject-file", metavar="PATH",
-                        help="where rejected lines go (default: INPUT.runN.rejects in the working "
-                             "directory, or beside the SQLite database when it is not writable)")
-    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
-    parser.add_argument("--wait", action="store_true",
-                        help="when another valdimport command is writing to the database, wait "
-                             "for it to finish instead of stopping")
-    parser.add_argument("--summary-json", metavar="PATH",
-                        help="also write the summary, with its phases, as JSON to PATH")
-    if command == "import-hfs":
-        parser.add_argument("--energy-tolerance", type=non_negative_float, default=1.0, metavar="CM",
-                            help="largest energy difference (cm-1) between a row and its level "
-                                 "(default: 1.0)")
-    if companion:
-        return
-    parser.add_argument("--batch-size", type=positive_int, default=10_000, metavar="N",
-                        help="records per transaction (default: 10000)")
-    parser.add_argument("--skip-header", type=non_negative_int, default=2, metavar="N",
-                        help="header lines at the top of the dump (default: 2)")
-    parser.add_argument("--skip-calc", action="store_true",
-                        help="do not compute Einstein A (leave it empty)")
-    parser.add_argument("--restart", action="store_true",
-                        help="import the whole input as a new run, ignoring earlier runs on it")
-    parser.add_argument("--append", action="store_true",
-                        help="add this input's transitions to tables that hold another input's "
-                             "(a dump in several pieces)")
-    parser.add_argument("--max-errors", type=positive_int, metavar="N",
-                        help="stop (after committing what is good) once N lines were rejected")
-    parser.add_argument("--retries", type=non_negative_int, default=5, metavar="N",
-                        help="retries of a batch after a lost connection, deadlock or lock "
-                             "(default: 5, with exponential backoff)")
-    parser.add_argument("--workers", type=non_negative_int, metavar="N",
-                        help="processes that parse while the main one writes (default: one "
-                             "less than the cores, at least 1; 0: parse in the main process)")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="parse and check everything, write the reject file; touch no table")
-    parser.add_argument("--fast", action="store_true",
-                        help="first load into emptied tables: indexes built after, no crash "
-                             "safety until the end (needs --clear)")
-    parser.add_argument("--clear", action="store_true",
-                        help="empty the tables this command fills (and their runs) first")
-    parser.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
-    parser.add_argument("--verify", action="store_true",
-                        help="run verify at the end (with the dump's counts when it is a file); "
-                             "exit 1 when a check fails")
-    parser.add_argument("--skip-housekeeping", action="store_true",
-                        help="leave out the housekeeping after the import (ground states, missing "
-                             "Einstein A, statistics); run the housekeeping command later")
-
-
-OPERATIONS = {
-    "verify": "check the database: links, duplicates, derived values, indexes; --file: the dump's counts",
-    "check-indexes": "list the declared indexes and constraints missing from the database; --fix creates them",
-    "runs": "list the import runs",
-    "rollback": "remove the transitions of a run and the levels no other transition uses",
-    "housekeeping": "ground states, missing Einstein A and planner statistics, after imports; "
-                    "--rebuild-xml: the references' XSAMS sources",
-}
-
-
-def add_operation_arguments(parser, command: str):
-    """The options of the operations, in the CLI and in Django."""
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    if command == "verify":
-        parser.add_argument("--file", "-f", metavar="DUMP",
-                            help="also compare the transitions per species with this dump")
-        parser.add_argument("--skip-header", type=non_negative_int, default=2, metavar="N",
-                            help="header lines at the top of the dump (default: 2)")
-        parser.add_argument("--workers", type=non_negative_int, metavar="N",
-                            help="processes that parse the dump (default: cores - 1)")
-        parser.add_argument("--quiet", "-q", action="store_true",
-                            help="no progress bar while reading the dump")
-    elif command == "check-indexes":
-        parser.add_argument("--fix", action="store_true", help="create the missing ones")
-    elif command == "runs":
-        parser.add_argument("--limit", type=positive_int, metavar="N", help="only the last N runs")
-    elif command == "rollback":
-        parser.add_argument("--run", type=positive_int, required=True, metavar="ID",
-                            help="the run to roll back (see the runs command)")
-        parser.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
-    elif command == "housekeeping":
-        parser.add_argument("--skip-calc", action="store_true", help="do not compute missing Einstein A")
-        parser.add_argument("--batch-size", type=positive_int, default=10_000, metavar="N",
-                            help="rows per transaction when computing Einstein A (default: 10000)")
-        parser.add_argument("--rebuild-xml", action="store_true",
-                            help="regenerate the XSAMS source of every reference (after "
-                                 "VALD_NODE_ID changed)")
-
-
-def run_operation(command: str, using: str = DEFAULT_DB_ALIAS, options: dict | None = None) -> Report:
-    """Run an operation by its CLI name with its options (as parsed); returns its report."""
-    options = options or {}
+def run_operation(command: str, using: str = DEFAULT_DB_ALIAS, options: ImportOptions | None = None,
+                  *, file: str | None = None) -> Report:
+    """Run an operation by its name with its options; returns its report (``file``: the dump
+    verify compares with)."""
+    options = options or ImportOptions()
     require_schema(using)
-    if command in ("rollback", "housekeeping") or command == "check-indexes" and options.get("fix"):
+    if command in ("rollback", "housekeeping") or command == "check-indexes" and options.fix:
         with database_lock(using), writable(using):
-            return _run_operation(command, using, options)
-    return _run_operation(command, using, options)
+            return _run_operation(command, using, options, file)
+    return _run_operation(command, using, options, file)
 
 
-def _run_operation(command: str, using: str, options: dict) -> Report:
+def _run_operation(command: str, using: str, options: ImportOptions, file: str | None) -> Report:
     if command == "verify":
-        return verify(using, dump=options.get("file"), skip_header=options.get("skip_header", 2),
-                      workers=options.get("workers"), progress=False if options.get("quiet") else None)
+        return verify(using, dump=file, skip_header=options.skip_header, workers=options.workers,
+                      progress=options.progress)
     if command == "check-indexes":
-        return check_indexes(using, fix=options.get("fix", False))
+        return check_indexes(using, fix=options.fix)
     if command == "runs":
-        return list_runs(using, limit=options.get("limit"))
+        return list_runs(using, limit=options.limit)
     if command == "rollback":
-        return rollback_run(using, options["run"], yes=options.get("yes", False))
+        return rollback_run(using, options.run, confirm=options.confirm)
     if command == "housekeeping":
         started = time.monotonic()
-        phases = housekeeping(using, skip_calc=options.get("skip_calc", False),
-                              batch_size=options.get("batch_size", 10_000),
-                              rebuild_xml=options.get("rebuild_xml", False))
+        phases = housekeeping(using, skip_calc=options.skip_calc, batch_size=options.batch_size,
+                              rebuild_xml=options.rebuild_xml)
         return Report(f"housekeeping: {describe_database(using)}", PHASE_COLUMNS,
                       phase_rows(phases), f"done in {time.monotonic() - started:.2f} s",
                       data=[dict(phase=n, rows=r, seconds=round(t, 3)) for n, r, t in phases])
     raise UsageError(f"unknown command {command!r}")
 
 
-def report_text(report: Report, as_json: bool) -> str:
-    return json.dumps(report.as_dict(), indent=2, default=str) if as_json else report.table()
+# The two front ends, the command line and the Django commands: their arguments, how they
+# spell the options in messages, progress bar, prompts, notices and errors.
+
+FILE_HELP = {  # --file, for the commands that read one
+    **dict.fromkeys(IMPORTS, "the dump: plain, gzip, bzip2 or xz (default: standard input)"),
+    "import-species": "the species list, VALD_list_of_species.csv (default: standard input)",
+    "import-linelists": "the line lists, linelists.dat (default: standard input)",
+    "import-references": "the BibTeX references, VALD3_ref.bib (default: standard input)",
+    "import-hfs": "the SQLite file with table AB (a file: SQLite cannot read a pipe)",
+    "verify": "also compare the transitions per species with this dump",
+}
+CONFIRMS = {  # the commands that ask before they delete (--yes)
+    **dict.fromkeys(IMPORTS, "do not ask for confirmation before emptying tables (--clear)"),
+    "rollback": "do not ask for confirmation",
+}
+FRONT_END_FLAGS = {"file": "--file", "yes": "--yes", "database_url": "--database-url / DATABASE_URL"}
+ALL_COMMANDS = {**COMMANDS, **COMPANIONS, **OPERATIONS}
 
 
-class ImportCommand(BaseCommand):
-    """Base of the Django management commands: parse options, delegate, report."""
+def add_command_arguments(parser, command: str):
+    """The options of ``command``, in the CLI and in Django: --file where it reads one, each
+    ImportOptions field that does something for it, --yes where it asks, --json for the
+    operations' reports."""
+    if command in FILE_HELP:
+        parser.add_argument("--file", "-f", metavar="DUMP" if command == "verify" else "PATH",
+                            default=None if command in OPERATIONS else "-", help=FILE_HELP[command])
+    for f, flag in ImportOptions.flags(command):
+        text = flag.help_for.get(command, flag.help)
+        if f.default is False:
+            parser.add_argument(flag.name, dest=f.name, action="store_true", help=text)
+            continue
+        if f.default is not None:
+            text += f" (default: {f.default})"
+        parser.add_argument(flag.name, dest=f.name, type=flag.type, default=f.default,
+                            metavar=flag.metavar, required=flag.required, help=text)
+    if command in CONFIRMS:
+        parser.add_argument("--yes", "-y", action="store_true", help=CONFIRMS[command])
+    if command in OPERATIONS:
+        parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def cli_option(name: str) -> str:
+    """An option as the command line spells it in messages: --skip-header."""
+    return FRONT_END_FLAGS.get(name) or ImportOptions.__dataclass_fields__[name].metadata["flag"].name
+
+
+def django_option(name: str) -> str:
+    """An option as the Django commands spell it: as the CLI, but their database is an alias."""
+    return "the DATABASES setting (--database)" if name == "database_url" else cli_option(name)
+
+
+def ask_on_terminal(question: str) -> bool | None:
+    """The front ends' confirmation: ask on the terminal (standard input may be the dump);
+    None when there is no terminal to ask on."""
+    try:
+        with open("/dev/tty", "r+") as tty:
+            tty.write(question)
+            tty.flush()
+            return tty.readline().strip().lower() in ("y", "yes")
+    except OSError:
+        return None
+
+
+def front_end_options(values: dict, verbosity: int) -> ImportOptions:
+    """ImportOptions from a front end's parsed arguments, with what a front end chooses: a
+    progress bar when stderr is a terminal (verbosity 1 or more), confirmations asked on the
+    terminal unless --yes."""
+    options = ImportOptions.from_mapping(values)
+    options.progress = verbosity >= 1 and sys.stderr.isatty()
+    options.confirm = True if values.get("yes") else ask_on_terminal
+    return options
+
+
+@contextlib.contextmanager
+def notices(verbosity: int, stream):
+    """Meanwhile, the library's notices on ``stream``: warnings always, the others from
+    verbosity 1 (a Django command may run among others in one process: nothing stays)."""
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("valdimport: %(message)s"))
+    level = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO if verbosity >= 1 else logging.WARNING)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+
+
+def report_text(report: Report, as_json: bool, form=python_option) -> str:
+    return json.dumps(report.as_dict(form), indent=2, default=str) if as_json else report.table(form)
+
+
+class _DjangoCommand(BaseCommand):
+    """What the Django commands share: their arguments and how they run and fail. Verbosity
+    as in the CLI: 0 no progress bar nor notices, 2 and more errors with their traceback."""
 
     command = None
 
     @property
     def help(self):
-        return {**COMMANDS, **COMPANIONS}[self.command]
+        return ALL_COMMANDS[self.command]
 
     def add_arguments(self, parser):
-        add_import_arguments(parser, companion=self.command in COMPANIONS, command=self.command)
+        add_command_arguments(parser, self.command)
         parser.add_argument("--database", default=DEFAULT_DB_ALIAS,
-                            help="the database alias to import into (default: default)")
+                            help="the database alias (default: default)")
 
-    def handle(self, *args, **options):
-        options["quiet"] = options["quiet"] or options["verbosity"] == 0
+    def run(self, options: dict, work):
+        """``work(ImportOptions)``; errors become one-line CommandErrors with their exit code."""
+        verbosity = options["verbosity"]
         try:
-            summary = run_command(self.command, options["file"], using=options["database"],
-                                  options=ImportOptions.from_mapping(options))
+            with notices(verbosity, sys.stderr):
+                return work(front_end_options(options, verbosity))
         except ValdImportError as error:
-            raise CommandError(str(error), returncode=error.exit_code) from error
+            self._traceback(verbosity)
+            raise CommandError(error.render(django_option), returncode=error.exit_code) from error
         except KeyboardInterrupt:
             raise CommandError(INTERRUPTED, returncode=EXIT_INTERRUPTED) from None
-        print_output(summary.table(), self.stdout.write)
+        except Exception as error:
+            self._traceback(verbosity)
+            raise CommandError(_first_line(error) + ("" if verbosity >= 2 else " (-v 2 shows the traceback)"),
+                               returncode=EXIT_FAILED) from error
+
+    @staticmethod
+    def _traceback(verbosity: int):
+        if verbosity >= 2:
+            import traceback
+            traceback.print_exc()
+
+
+class ImportCommand(_DjangoCommand):
+    """Base of the Django import commands: parse options, delegate, report."""
+
+    def handle(self, *args, **options):
+        summary = self.run(options, lambda o: run_command(
+            self.command, options["file"], using=options["database"], options=o, form=django_option))
+        print_output(summary.table(django_option), self.stdout.write)
         if summary.exit_code == EXIT_FAILED:
             raise CommandError(summary.verified.verdict, returncode=EXIT_FAILED)
         if summary.tally.rejected:
@@ -5515,72 +5726,75 @@ class ImportCommand(BaseCommand):
                                returncode=EXIT_REJECTED)
 
 
-class OperationCommand(BaseCommand):
+class OperationCommand(_DjangoCommand):
     """Base of the Django commands verify, check_indexes, runs, rollback, housekeeping."""
 
-    command = None
-
-    @property
-    def help(self):
-        return OPERATIONS[self.command]
-
-    def add_arguments(self, parser):
-        add_operation_arguments(parser, self.command)
-        parser.add_argument("--database", default=DEFAULT_DB_ALIAS,
-                            help="the database alias (default: default)")
-
     def handle(self, *args, **options):
-        try:
-            report = run_operation(self.command, options["database"], options)
-        except ValdImportError as error:
-            raise CommandError(str(error), returncode=error.exit_code) from error
-        except KeyboardInterrupt:
-            raise CommandError(INTERRUPTED, returncode=EXIT_INTERRUPTED) from None
-        print_output(report_text(report, options["json"]), self.stdout.write)
+        report = self.run(options, lambda o: run_operation(self.command, options["database"], o,
+                                                            file=options.get("file")))
+        print_output(report_text(report, options["json"], django_option), self.stdout.write)
         if not report.ok:
-            raise CommandError(report.verdict, returncode=EXIT_FAILED)
+            raise CommandError(render_options(report.verdict, django_option), returncode=EXIT_FAILED)
+
+
+def add_global_arguments(parser, after_command: bool = False):
+    """--database-url, -v and -q: before the command, or after it (``after_command``: they
+    then leave what was given before alone)."""
+    unset = argparse.SUPPRESS if after_command else None
+    parser.add_argument("--database-url", metavar="URL", default=unset,
+                        help="sqlite:///PATH, postgres://USER@HOST:PORT/NAME or mysql://USER@HOST:PORT/NAME "
+                             "(default: $DATABASE_URL, else sqlite:///vald.sqlite3)")
+    parser.add_argument("-v", "--verbose", action="count", default=unset or 0,
+                        help="show the traceback of an error (verbosity 2, as manage.py -v 2)")
+    parser.add_argument("-q", "--quiet", action="store_true", default=unset or False,
+                        help="no progress bar and no notices (verbosity 0, as manage.py -v 0)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="valdimport.py", description="Load a VALD line dump into a VAMDC node database.",
-        epilog="Example: gunzip -c vald3.dat.gz | python valdimport.py import-states")
-    parser.add_argument("--database-url", metavar="URL",
-                        help="sqlite:///PATH, postgres://USER@HOST:PORT/NAME or "
-                             "mysql://USER@HOST:PORT/NAME (default: $DATABASE_URL, "
-                             "else sqlite:///vald.sqlite3)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks of errors")
+        prog="valdimport", description="Load a VALD line dump into a VAMDC node database.",
+        epilog="Example: gunzip -c vald3.dat.gz | valdimport import-states")
+    add_global_arguments(parser)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, help_text in {**COMMANDS, **COMPANIONS}.items():
-        add_import_arguments(commands.add_parser(name, help=help_text, description=help_text),
-                             companion=name in COMPANIONS, command=name)
-    for name, help_text in OPERATIONS.items():
-        add_operation_arguments(commands.add_parser(name, help=help_text, description=help_text), name)
+    for name, help_text in ALL_COMMANDS.items():
+        command = commands.add_parser(name, help=help_text, description=help_text)
+        add_command_arguments(command, name)
+        add_global_arguments(command.add_argument_group("global options (before or after the command)"),
+                             after_command=True)
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    verbosity = 0 if args.quiet else 1 + args.verbose
     if DJANGO_MISSING is not None:
         print(f"valdimport: error: {DJANGO_MISSING}: install valdimport and its dependencies first "
               "(python3 -m venv .venv && .venv/bin/pip install -e .) and run it with .venv/bin/python",
               file=sys.stderr)
         return EXIT_USAGE
     try:
-        configure_django(args.database_url)
-        if args.command in OPERATIONS:
-            report = run_operation(args.command, DEFAULT_DB_ALIAS, vars(args))
-            print_output(report_text(report, args.json))
-            return EXIT_OK if report.ok else EXIT_FAILED
-        summary = run_command(args.command, args.file, options=ImportOptions.from_mapping(vars(args)))
+        with notices(verbosity, sys.stderr):
+            return _main(args, verbosity)
     except ValdImportError as error:
-        return _fail(args, error, error.exit_code)
+        return _fail(verbosity, error.render(cli_option), error.exit_code)
     except KeyboardInterrupt:
         print(f"valdimport: {INTERRUPTED}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as error:
-        return _fail(args, error, EXIT_FAILED, hint=" (run with -v for the traceback)")
-    print_output(summary.table())
+        return _fail(verbosity, _first_line(error), EXIT_FAILED, hint=" (run with -v for the traceback)")
+
+
+def _main(args, verbosity: int) -> int:
+    """Run the command of the parsed ``args``; its exit status."""
+    configure_django(args.database_url)
+    options = front_end_options(vars(args), verbosity)
+    if args.command in OPERATIONS:
+        report = run_operation(args.command, DEFAULT_DB_ALIAS, options,
+                               file=args.file if args.command == "verify" else None)
+        print_output(report_text(report, args.json, cli_option))
+        return EXIT_OK if report.ok else EXIT_FAILED
+    summary = run_command(args.command, args.file, options=options, form=cli_option)
+    print_output(summary.table(cli_option))
     return summary.exit_code
 
 
@@ -5594,12 +5808,11 @@ def print_output(text: str, write=print):
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
-def _fail(args, error, code, hint=""):
-    if args.verbose:
+def _fail(verbosity: int, message: str, code: int, hint: str = "") -> int:
+    if verbosity >= 2:
         import traceback
         traceback.print_exc()
-    print(f"valdimport: error: {_first_line(error) if hint else error}{'' if args.verbose else hint}",
-          file=sys.stderr)
+    print(f"valdimport: error: {message}{'' if verbosity >= 2 else hint}", file=sys.stderr)
     return code
 
 

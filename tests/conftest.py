@@ -25,6 +25,17 @@ def _engine_param(alias):
     return pytest.param(alias, marks=mark, id={"default": "sqlite"}.get(alias, alias))
 
 
+def pytest_terminal_summary(terminalreporter):
+    """One line per engine whose tests were skipped: why, and what to install."""
+    from tests.settings import UNAVAILABLE
+    skipped = [report.longrepr[2] for report in terminalreporter.stats.get("skipped", [])
+               if isinstance(report.longrepr, tuple)]
+    for alias, reason in UNAVAILABLE.items():
+        count = sum(1 for text in skipped if reason in text)
+        if count:
+            terminalreporter.write_line(f"SKIPPED {count} {alias} tests: {reason}", yellow=True)
+
+
 @pytest.fixture(params=[_engine_param(alias) for alias in ENGINES])
 def engine(request):
     """A database alias (SQLite, PostgreSQL, MySQL) with empty, migrated tables."""

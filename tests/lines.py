@@ -1,4 +1,4 @@
-"""Hand-written dump lines for the tests, column by column (FORMAT.md)."""
+"""Hand-written dump lines for the tests, column by column (docs/format.md)."""
 
 
 def data_line(ritz="     5000.12345", measured="     5000.12000", species="  2601",

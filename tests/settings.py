@@ -8,14 +8,20 @@ skipped, except with CI=true, where it stays in and its tests fail.
 import os
 import tempfile
 
-from valdimport import database_settings
+from valdimport import ValdImportError, database_settings
 
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 SERVER_URLS = {
     "postgresql": os.environ.get("VALDIMPORT_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres"),
     "mysql": os.environ.get("VALDIMPORT_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test"),
 }
-UNAVAILABLE = {}
+UNAVAILABLE = {}  # alias -> why its tests are skipped, and what to install
+INSTALL = {
+    "postgresql": "install PostgreSQL (Debian/Ubuntu: apt-get install postgresql; ./scripts/test "
+                  "starts it) or set VALDIMPORT_TEST_POSTGRES_URL",
+    "mysql": "install MariaDB or MySQL (Debian/Ubuntu: apt-get install mariadb-server; "
+             "./scripts/test starts it) or set VALDIMPORT_TEST_MYSQL_URL",
+}
 
 
 def _answers(alias, config):
@@ -31,7 +37,8 @@ def _answers(alias, config):
                             password=config["PASSWORD"], connect_timeout=3).close()
         return True
     except Exception as error:  # any failure means: not usable here
-        UNAVAILABLE[alias] = f"{alias} server not available ({str(error).strip()[:80]})"
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        UNAVAILABLE[alias] = f"no {alias} server at {config['HOST']}:{config['PORT']} ({reason}): {INSTALL[alias]}"
         return False
 
 
@@ -45,7 +52,13 @@ _sqlite = os.path.join(tempfile.gettempdir(), f"valdimport_test_{os.getpid()}.sq
 DATABASES = {"default": database_settings(f"sqlite:///{_sqlite}")}
 DATABASES["default"]["TEST"] = {"NAME": _sqlite}
 for _alias, _url in SERVER_URLS.items():
-    _config = database_settings(_url)
+    try:
+        _config = database_settings(_url)
+    except ValdImportError as _error:  # its driver is missing
+        if CI:
+            raise
+        UNAVAILABLE[_alias] = str(_error)
+        continue
     if CI or _answers(_alias, _config):
         _config["TEST"] = {"NAME": f"valdimport_test_{os.getpid()}", "DEPENDENCIES": []}
         if _alias == "mysql":

@@ -69,3 +69,17 @@ def test_a_reader_that_stops_early_gets_no_traceback(tmp_path):
     process.stdout.close()  # as `| head -2` does once it has its lines
     err = process.stderr.read()
     assert (process.wait(), err) == (0, b"")
+
+
+def test_verbosity_means_what_it_means_in_the_cli(tmp_path):
+    """-v 2 (the CLI's -v) adds the traceback to an error; each command offers the options
+    of its CLI twin, no more."""
+    url = f"sqlite:///{tmp_path}/v.sqlite3"
+    missing = tmp_path / "missing.dat"
+    plain = manage("import_vald", "--file", missing, database_url=url)
+    traced = manage("import_vald", "--file", missing, "-v", "2", database_url=url)
+    assert plain.returncode == traced.returncode == 2
+    assert "Traceback" not in plain.stderr and "Traceback" in traced.stderr
+    assert traced.stderr.strip().splitlines()[-1] == plain.stderr.strip()
+    states = manage("import_states", "--help", database_url=url).stdout
+    assert "--skip-housekeeping" in states and "--skip-calc" not in states and "--append" not in states

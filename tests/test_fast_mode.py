@@ -20,7 +20,7 @@ def test_fast_import_equals_the_plain_path_with_every_index_back(engine):
     vi.import_dump(str(SAMPLE), using=engine)
     plain = content(engine)
     indexes = {m: live_indexes(engine, m._meta.db_table) for m in (State, Transition)}
-    summary = vi.import_dump(str(SAMPLE), using=engine, fast=True, clear=True, yes=True)
+    summary = vi.import_dump(str(SAMPLE), using=engine, fast=True, clear=True, confirm=True)
     assert content(engine) == plain
     for model in (State, Transition):
         assert declared_indexes(model) <= live_indexes(engine, model._meta.db_table)
@@ -36,15 +36,15 @@ def test_fast_two_passes_equal_the_plain_two_passes(engine):
     vi.import_transitions(str(SAMPLE), using=engine)
     plain = content(engine)
     clear(engine)
-    vi.import_states(str(SAMPLE), using=engine, fast=True, clear=True, yes=True)
-    vi.import_transitions(str(SAMPLE), using=engine, fast=True, clear=True, yes=True)
+    vi.import_states(str(SAMPLE), using=engine, fast=True, clear=True, confirm=True)
+    vi.import_transitions(str(SAMPLE), using=engine, fast=True, clear=True, confirm=True)
     assert content(engine) == plain
     assert declared_indexes(Transition) <= live_indexes(engine, "transitions")
 
 
 def test_fast_clear_replaces_what_was_there(engine):
     vi.import_dump(str(SAMPLE), using=engine)
-    vi.import_dump(str(SAMPLE), using=engine, fast=True, clear=True, yes=True)
+    vi.import_dump(str(SAMPLE), using=engine, fast=True, clear=True, confirm=True)
     assert Transition.objects.using(engine).count() == 2000  # not 4000: cleared first
     from node_common.models import ImportRun
     assert ImportRun.objects.using(engine).count() == 1
@@ -76,10 +76,10 @@ def test_clear_alone_asks_too(engine):
 
 def test_an_unfinished_fast_run_is_not_resumed(engine):
     """Its rows may be gone after a crash (unlogged tables, no journal): start again."""
-    summary = vi.import_dump(str(SAMPLE), using=engine, fast=True, clear=True, yes=True)
+    summary = vi.import_dump(str(SAMPLE), using=engine, fast=True, clear=True, confirm=True)
     from node_common.models import ImportRun
     ImportRun.objects.using(engine).filter(pk=summary.run_id).update(status="running", pid=None)
-    with pytest.raises(vi.UsageError, match="--append adds its transitions to those, --clear replaces"):
+    with pytest.raises(vi.UsageError, match="append=True adds its transitions to those, clear=True replaces"):
         vi.import_dump(str(SAMPLE), using=engine)  # its rows may be there, too
     again = vi.import_dump(str(SAMPLE), using=engine, append=True)
     assert again.resumed_from_line is None and again.continues_run is None

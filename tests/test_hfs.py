@@ -190,7 +190,7 @@ def test_verify_finds_constants_the_last_import_did_not_give(engine, tmp_path):
     states.filter(pk=matched).update(hfs_A=1.25)
     row = next(r for r in vi.verify(engine).as_dict()["rows"] if "hyperfine" in r["check"])
     assert (row["count"], row["ok"], row["fix"]) == (
-        3, False, "import-hfs --file AB.db: it sets the constants of every level")
+        3, False, "import-hfs with the AB file: it sets the constants of every level")
     vi.import_hfs(str(ab), using=engine)
     assert hfs_check(engine) == 0 and constants(engine) == {matched: (1.0, None, None, None)}
     states.filter(pk=matched).delete()  # a rollback took the level: its constants are gone

@@ -85,7 +85,7 @@ def test_a_second_import_stops_at_once_naming_the_run_that_holds_the_lock(empty_
     assert refused.returncode == 2 and err.count("\n") == 1 and "Traceback" not in err
     holder = f"run 1 (import {dump}, pid {first.pid} on {socket.gethostname()})"
     assert err.startswith(f"valdimport: error: {holder} is writing to ") and "--wait" in err
-    assert waited == f"valdimport: waiting for {holder} to finish (--wait)\n"
+    assert waited == f"valdimport: waiting for {holder} to finish\n"
     (code1, out1, err1), (code2, out2, err2) = finish(first), finish(waiting)
     assert (code1, code2) == (0, 0), err1 + err2
     assert summary_rows(out1)["transitions"] == f"{RECORDS:,}"

@@ -42,14 +42,14 @@ def test_rollback_of_pass_2_keeps_the_levels_of_pass_1(engine):
     vi.import_states(str(SAMPLE), using=engine)
     after_states = content(engine)
     summary = vi.import_transitions(str(SAMPLE), using=engine)
-    vi.rollback_run(engine, summary.run_id, yes=True)
+    vi.rollback_run(engine, summary.run_id, confirm=True)
     assert content(engine) == after_states
     assert State.objects.using(engine).count() == 1460
 
 
 def test_a_rolled_back_input_is_imported_again_by_a_rerun(engine):
     first = vi.import_dump(str(SAMPLE), using=engine)
-    vi.rollback_run(engine, first.run_id, yes=True)
+    vi.rollback_run(engine, first.run_id, confirm=True)
     assert not Transition.objects.using(engine).exists() and not State.objects.using(engine).exists()
     again = vi.import_dump(str(SAMPLE), using=engine)
     assert again.tally.transitions == 2000 and again.message == "completed"
@@ -60,9 +60,9 @@ def test_levels_kept_for_another_run_go_when_that_run_is_rolled_back(engine, two
     import_references_of(engine, first, second)
     one = vi.import_dump(str(first), using=engine)
     two = vi.import_dump(str(second), using=engine, append=True)
-    vi.rollback_run(engine, one.run_id, yes=True)  # its levels used by run two stay
+    vi.rollback_run(engine, one.run_id, confirm=True)  # its levels used by run two stay
     assert vi.verify(engine).ok
-    vi.rollback_run(engine, two.run_id, yes=True)
+    vi.rollback_run(engine, two.run_id, confirm=True)
     assert not State.objects.using(engine).exists()
     assert not Transition.objects.using(engine).exists()
 

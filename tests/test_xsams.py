@@ -120,10 +120,10 @@ def test_the_node_id_setting_and_rebuilding_the_sources(engine, monkeypatch):
     check = "references without the XSAMS source of this node"
     with override_settings(VALD_NODE_ID="uu"):
         assert {c.name: c.count for c in vi.database_checks(engine)}[check] == count
-        report = vi.run_operation("housekeeping", engine, {"rebuild_xml": True})
+        report = vi.run_operation("housekeeping", engine, vi.ImportOptions(rebuild_xml=True))
         assert report.rows[0][:2] == ("XSAMS sources", f"{count:,}")
         assert {c.name: c.count for c in vi.database_checks(engine)}[check] == 0
-        again = vi.run_operation("housekeeping", engine, {"rebuild_xml": True})
+        again = vi.run_operation("housekeeping", engine, vi.ImportOptions(rebuild_xml=True))
         assert again.rows[0][:2] == ("XSAMS sources", "0")  # nothing left to change
     for key, xml in references.values_list("id", "xml"):
         assert ET.fromstring(xml).get("sourceID") == f"Buu-{key}"

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Write realistic *synthetic* VALD transition dumps (test data and benchmark input).
 
-The byte layout is the one of ``shared/FORMAT.md``: two header lines, then one
+The byte layout is the one of ``docs/format.md``: two header lines, then one
 365-character fixed-width data line per transition (Fortran format
 ``2F15.5,I6,F8.3,2(F14.4,F6.1),3F7.2,2F7.3,F8.3,A2,A86,A2,A86,1X,A1,A7,1X,A16,9I4``),
 each usually followed by a reference line.  Optionally the companion files
@@ -1279,7 +1279,7 @@ def by_wavelength(chunks, run=500_000):
 
 def main(argv=None):
     p = argparse.ArgumentParser(
-        description="Write a synthetic VALD transition dump (format: shared/FORMAT.md) "
+        description="Write a synthetic VALD transition dump (format: docs/format.md) "
                     "and optionally its companion files.")
     p.add_argument("-o", "--output", default="-", metavar="PATH",
                    help="output dump; '-' (default) = stdout; .gz/.bz2/.xz compress")
