@@ -3952,7 +3952,10 @@ class BatchImport:
     def _committed_already(self, batch) -> "Tally | None":
         """The run's tally if the batch committed although the connection broke."""
         run = self.ledger.reload()
-        return Tally.from_run(run) if run.committed_bytes >= batch.end_offset else None
+        if run.committed_bytes < batch.end_offset:
+            return None
+        self._remember_levels()  # the commit's on_commit work did not run: its answer was lost
+        return Tally.from_run(run)
 
     def _remember_levels(self):
         if self._stored:

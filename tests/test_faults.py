@@ -218,3 +218,32 @@ def test_a_missing_driver_is_a_clear_error(tmp_path):
                              "mysql://root@127.0.0.1/x", "import"], capture_output=True, env=env,
                             cwd=ROOT)
     one_line_error(result, "mysqlclient")
+
+
+def test_a_batch_whose_commit_answer_was_lost_is_not_stored_again(engine, long_dump, monkeypatch):
+    # The database committed the batch but the importer saw the connection break (the
+    # answer to COMMIT was lost): the levels that batch stored must count as stored, or a
+    # later batch naming them stores them a second time (refused: lines rejected).
+    vi.import_dump(str(long_dump), using=engine, batch_size=500, workers=0)
+    expected = content(engine)
+    clear(engine)
+    monkeypatch.setattr(vi, "RETRY_DELAY", 0)
+    commit, remember, lost = vi.BatchImport._commit, vi.BatchImport._remember_levels, []
+
+    def commit_losing_its_answer(self, batch, parsed, mark, isolate=False):
+        first = batch.first_line > 1000 and not lost
+        if first:  # the hook that runs on commit, as a lost answer leaves it: not run
+            monkeypatch.setattr(vi.BatchImport, "_remember_levels", lambda self: None)
+        tally = commit(self, batch, parsed, mark, isolate)
+        if first:
+            monkeypatch.setattr(vi.BatchImport, "_remember_levels", remember)
+            lost.append(batch.first_line)
+            from django.db import InterfaceError
+            raise InterfaceError("connection already closed")
+        return tally
+
+    monkeypatch.setattr(vi.BatchImport, "_commit", commit_losing_its_answer)
+    summary = vi.import_dump(str(long_dump), using=engine, batch_size=500, workers=0)
+    assert lost, "no commit lost its answer"
+    assert summary.tally.rejected == 0
+    assert content(engine) == expected
