@@ -1793,7 +1793,7 @@ class _QnText(bytes):
 # ---------------------------------------------------------------- stream ----
 
 HEAD_BYTES = 1 << 16
-BLOCK_BYTES = 8 << 20  # read at a time; a batch of 10 000 records is about 4 MB
+BLOCK_BYTES = 8 << 20  # read at a time; a batch of 5 000 records is about 2 MB
 _MAGIC = ((b"\x1f\x8b", lambda f: gzip.GzipFile(fileobj=f), "gzip"),
           (b"BZh", bz2.BZ2File, "bzip2"), (b"\xfd7zXZ\x00", lzma.LZMAFile, "xz"))
 
@@ -2645,7 +2645,7 @@ class ImportOptions:
     energy_tolerance: float = _option(1.0, "--energy-tolerance", "largest energy difference (cm-1) between "
                                       "a row and its level", ["import-hfs"], metavar="CM",
                                       type=non_negative_float)
-    batch_size: int = _option(10_000, "--batch-size", "records per transaction", [*IMPORTS, "housekeeping"],
+    batch_size: int = _option(5_000, "--batch-size", "records per transaction", [*IMPORTS, "housekeeping"],
                               metavar="N", type=positive_int, help_for={
                                   "housekeeping": "rows per transaction when computing Einstein A"})
     skip_header: int = _option(2, "--skip-header", "header lines at the top of the dump",
