@@ -917,7 +917,7 @@ class ParsedBatch:
 
 
 def parse_batch(data: bytes, first_line: int = 1, config: ParseConfig = ParseConfig(),
-                shipped: "LevelKeys | None" = None) -> ParsedBatch:
+                shipped: "SentLevels | None" = None) -> ParsedBatch:
     """Parse a batch of whole physical lines; ``first_line`` is the number of its first line.
 
     Rows of levels whose keys are in ``shipped`` are left out, and the others are added
@@ -2511,7 +2511,7 @@ class LevelKeys:
 
     The writer holds one, keys -> state ids of every stored level, for the whole run
     (loaded from the database when a pass starts or resumes). Each parser process holds
-    one without ids: the levels whose rows it has carried. The contract between them:
+    a SentLevels: the levels whose rows it has carried. The contract between them:
     a parsed batch carries the row of every level its parser had not met before, so a
     level the writer does not know is in the batch, unless a batch that carried it
     failed (its rows refused by the database); the writer then parses the batch again,
@@ -2519,11 +2519,13 @@ class LevelKeys:
 
     New keys go to a small sorted tail, merged into the main arrays when it grows past a
     quarter of them: a lookup is two searchsorted, adding costs a copy of the tail, and a
-    merge a copy of everything, rarely. 24 bytes per key.
+    merge a copy of everything, rarely. 24 bytes per key; with another ``dtype`` and no
+    ``ids`` (SentLevels), a sorted set.
     """
 
-    def __init__(self):
-        self.keys, self.ids = np.zeros(0, np.complex128), np.zeros(0, np.int64)
+    def __init__(self, dtype=np.complex128 if np else None, ids: bool = True):
+        self.keys = np.zeros(0, dtype)
+        self.ids = np.zeros(0, np.int64) if ids else None
         self.tail_keys, self.tail_ids = self.keys, self.ids
 
     def __len__(self):
@@ -2536,7 +2538,7 @@ class LevelKeys:
             if len(stored):
                 at = np.minimum(np.searchsorted(stored, keys), len(stored) - 1)
                 found = stored[at] == keys
-                ids[found] = stored_ids[at[found]]
+                ids[found] = 0 if stored_ids is None else stored_ids[at[found]]
         return ids
 
     def contains(self, keys: np.ndarray) -> np.ndarray:
@@ -2549,18 +2551,50 @@ class LevelKeys:
         """Add keys that are not here yet (ids: 0 when not given)."""
         if not len(keys):
             return
-        ids = np.zeros(len(keys), np.int64) if ids is None else np.asarray(ids, np.int64)
         order = np.argsort(keys, kind="stable")
-        self.tail_keys, self.tail_ids = _merged(self.tail_keys, self.tail_ids, keys[order], ids[order])
+        if self.ids is not None:
+            ids = (np.zeros(len(keys), np.int64) if ids is None else np.asarray(ids, np.int64))[order]
+        self.tail_keys, self.tail_ids = _merged(self.tail_keys, self.tail_ids, keys[order], ids)
         if len(self.tail_keys) > max(1 << 16, len(self.keys) // 4):
             self.keys, self.ids = _merged(self.keys, self.ids, self.tail_keys, self.tail_ids)
-            self.tail_keys, self.tail_ids = self.keys[:0], self.ids[:0]
+            self.tail_keys, self.tail_ids = self.keys[:0], None if self.ids is None else self.ids[:0]
 
 
 def _merged(keys, ids, new_keys, new_ids):
-    """Two sorted (keys, ids) pairs as one."""
+    """Two sorted (keys, ids) pairs as one (ids None: keys only)."""
     at = np.searchsorted(keys, new_keys)
-    return np.insert(keys, at, new_keys), np.insert(ids, at, new_ids)
+    return np.insert(keys, at, new_keys), None if ids is None else np.insert(ids, at, new_ids)
+
+
+class SentLevels:
+    """The levels whose rows a parser has carried (LevelKeys' ``shipped`` side), as 8-byte
+    hashes of their keys: 8 bytes a level, not 24. Should two keys share a hash (odds
+    about n²/2⁶⁵: 3·10⁻⁶ for VALD's 10 M levels), the second level's row is left out of
+    its batch, and the writer, which does not know that level, parses the batch again
+    carrying every row (BatchImport._level_rows)."""
+
+    def __init__(self, hashes: np.ndarray | None = None):
+        self.hashes = LevelKeys(np.uint64, ids=False)
+        if hashes is not None:
+            self.hashes.add(hashes)
+
+    def contains(self, keys: np.ndarray) -> np.ndarray:
+        return self.hashes.contains(level_hashes(keys))
+
+    def add(self, keys: np.ndarray):
+        self.hashes.add(level_hashes(keys))
+
+    def all_hashes(self) -> np.ndarray:
+        return self.hashes.all_keys()
+
+
+def level_hashes(keys: np.ndarray) -> np.ndarray:
+    """A 64-bit hash of each level key (both halves of the complex mixed)."""
+    halves = np.ascontiguousarray(keys, np.complex128).view(np.uint64).reshape(-1, 2)
+    h = halves[:, 0] * np.uint64(0x9E3779B97F4A7C15) + halves[:, 1]
+    h ^= h >> np.uint64(31)
+    h *= np.uint64(0xBF58476D1CE4E5B9)
+    return h ^ (h >> np.uint64(29))
 
 
 # --------------------------------------------------------------- options ----
@@ -4152,7 +4186,7 @@ def parsed_batches(batches, config: ParseConfig, options: "ImportOptions"):
     so memory stays constant. Batches and what the parser made of them cross between
     the processes through shared memory; only their descriptions are pickled.
     """
-    shipped = LevelKeys()
+    shipped = SentLevels()
     workers = default_workers() if options.workers is None else options.workers
     for batch in batches:
         yield batch, parse_batch(batch.data, batch.first_line, config, shipped)
@@ -4237,7 +4271,7 @@ class ParserPool:
     only a small description of them goes back through the pipe (pickling the arrays
     would cost as much as parsing them)."""
 
-    def __init__(self, workers: int, config: ParseConfig, batch_size: int, shipped: "LevelKeys"):
+    def __init__(self, workers: int, config: ParseConfig, batch_size: int, shipped: SentLevels):
         import multiprocessing
         from multiprocessing import shared_memory
         self.workers = workers
@@ -4245,7 +4279,7 @@ class ParserPool:
         self.memory = shared_memory.SharedMemory(create=True, size=self.slot_bytes * (workers + 2))
         self.pool = _ignoring_sigint(lambda: multiprocessing.get_context("spawn").Pool(
             workers, initializer=_start_worker,
-            initargs=(config, self.memory.name, self.slot_bytes, shipped.all_keys())))
+            initargs=(config, self.memory.name, self.slot_bytes, shipped.all_hashes())))
 
     def __enter__(self):
         return self
@@ -4287,15 +4321,13 @@ class ParserPool:
 SLOT_BYTES_PER_RECORD = 2500  # a batch's input and its parsed arrays fit in batch_size x this
 
 
-_worker = None  # (ParseConfig, shared memory, slot size, LevelKeys) of a parser process
+_worker = None  # (ParseConfig, shared memory, slot size, SentLevels) of a parser process
 
 
-def _start_worker(config, memory_name, slot_bytes, shipped_keys):
+def _start_worker(config, memory_name, slot_bytes, shipped_hashes):
     global _worker
     from multiprocessing import shared_memory
-    shipped = LevelKeys()
-    shipped.add(shipped_keys)
-    _worker = (config, shared_memory.SharedMemory(name=memory_name), slot_bytes, shipped)
+    _worker = (config, shared_memory.SharedMemory(name=memory_name), slot_bytes, SentLevels(shipped_hashes))
 
 
 def _parse_in_worker(slot, data, first_line):

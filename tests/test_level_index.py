@@ -26,6 +26,20 @@ def test_keys_are_found_across_the_tail_and_the_merged_arrays():
             == keys[:100].real).all()
 
 
+def test_sent_levels_hold_every_key_added_across_merges():
+    rng = np.random.default_rng(2)
+    keys = np.unique(vi.level_keys(rng.integers(1, 9_999, 200_000), rng.integers(0, 10**10, 200_000),
+                                   rng.integers(-1, 999, 200_000)))
+    sent, order = vi.SentLevels(), rng.permutation(len(keys))
+    for part in np.array_split(order[:150_000], 11):
+        sent.add(keys[part])
+    assert len(sent.hashes.keys) > 0  # merged at least once
+    assert sent.contains(keys[order[:150_000]]).all()
+    assert not sent.contains(keys[order[150_000:]]).any()
+    again = vi.SentLevels(sent.all_hashes())  # as a parser process receives them
+    assert again.contains(keys[order[:150_000]]).all()
+
+
 @pytest.mark.parametrize("parts", [(2601, 57404501, 40), (1, 0, -1), (999999, 9999999999999, 99999),
                                    (10001, -125000, 5), (26, -9999999999999, -1)])
 def test_array_keys_equal_the_reference_parser_keys(parts):
@@ -91,3 +105,22 @@ def test_a_level_whose_row_was_refused_is_parsed_again_when_a_later_batch_needs_
     level = State.objects.using(engine).get(energy_scaled=444444444)
     assert level.term_desc == "3d6.4s.4p z7F*"
     assert content(engine)["states"] == expected_content(path)["states"]  # its levels are used by others too
+
+
+def test_levels_whose_hashes_collide_in_the_parser_are_still_stored(engine, tmp_path, monkeypatch):
+    # the parser remembers the levels it carried as 64-bit hashes; with a hash that makes
+    # every level of a species collide, a level's row is left out of its batch, and the
+    # writer must parse that batch again to get it
+    path = generate_dump(tmp_path / "d.dat", records=3000, species=20, levels=200)
+    parse, again = vi.parse_batch, []
+
+    def parse_counting_again(data, first_line=1, config=vi.ParseConfig(), shipped=None):
+        again.extend([first_line] if shipped is None else [])
+        return parse(data, first_line, config, shipped)
+
+    monkeypatch.setattr(vi, "parse_batch", parse_counting_again)
+    monkeypatch.setattr(vi, "level_hashes", lambda keys: (np.asarray(keys).real // 2**17).astype(np.uint64))
+    vi.import_dump(str(path), using=engine, workers=0, batch_size=500)
+    assert again, "no batch was parsed again"
+    stored, expected = content(engine), expected_content(path)
+    assert (stored["states"], stored["transitions"]) == (expected["states"], expected["transitions"])
