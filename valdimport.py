@@ -31,7 +31,6 @@ import math
 import os
 import re
 import socket
-import struct
 import sys
 import tempfile
 import time
@@ -39,7 +38,6 @@ import xml.etree.ElementTree as ET
 import zlib
 from collections import Counter, deque
 from dataclasses import dataclass, field, fields, replace
-from operator import itemgetter
 from pathlib import Path
 
 try:
@@ -271,7 +269,6 @@ def _ref_columns(level):
 STATE_SLOTS = ("id", "run_id")
 STATE_COLUMNS = (*STATE_SLOTS, "species_id", *_field_columns("lower"), "energy_scaled", "J_scaled",
                  "energy_linelist_id", "energy_method", *_ref_columns("lower"), *LEVEL_QN_COLUMNS)
-STATE_KEY_COLUMNS = ("species_id", "energy_scaled", "J_scaled")
 TRANSITION_SLOTS = ("lostate", "upstate", "run_id")
 TRANSITION_DERIVED = ("wave", "einsteina", "sigmawaals", "alphawaals", "loggf_err",
                       "transition_type", "autoionized", "wave_method")
@@ -1752,8 +1749,6 @@ class DescriptionSplit:
         self.has_term = anything & split
         self.config = (first, np.where(anything, at, first))
         self.term = (np.where(split, term_start, last + 1), last + 1)
-        self.whole = (first, last + 1)
-        self.molecule_whole = molecule & ~split & anything
 
     def masked(self, span) -> np.ndarray:
         """The bytes of ``span`` of each description, zeros elsewhere."""
@@ -2202,8 +2197,8 @@ class Writer:
         self._insert(cursor, "transitions", TRANSITION_COLUMNS, rows, lower, upper, run_id)
 
     def _insert(self, cursor, table, columns, rows, *slots):
-        if len(rows):
-            self.insert_rows(cursor, table, columns, rows.tuples(*slots))
+        """Insert parsed rows, led by the ``slots`` values (arrays or one value for every row)."""
+        raise NotImplementedError
 
     def level_index(self) -> tuple["LevelKeys", int]:
         """(every stored level key -> state id, the next free state id), read in id order
@@ -2321,7 +2316,6 @@ class SQLiteWriter(Writer):
     vendor = "sqlite"
     placeholder = "?"
     ROWS_PER_INSERT = 50
-
     ROWS_PER_CALL = 1000  # the Python values of this many rows at a time
 
     def _insert(self, cursor, table, columns, rows, *slots):
@@ -2329,10 +2323,9 @@ class SQLiteWriter(Writer):
         per = max(1, min(self.ROWS_PER_INSERT, self._variables() // width))
         head = f"INSERT INTO {self.dialect.q(table)} ({self.dialect.cols(columns)}) VALUES "
         row = "(" + ", ".join("?" * width) + ")"
-        slots = [np.broadcast_to(np.asarray(s), (len(rows),)) for s in slots]
         for start in range(0, len(rows), self.ROWS_PER_CALL):
-            part = slice(start, start + self.ROWS_PER_CALL)
-            values = rows.take(part).flat(*(s[part] for s in slots))  # a slice: views
+            part = slice(start, start + self.ROWS_PER_CALL)  # a slice: views
+            values = rows.take(part).flat(*(s[part] if np.ndim(s) else s for s in slots))
             count = len(values) // width
             whole, step = count // per * per, per * width
             if whole:
@@ -3548,7 +3541,7 @@ class RejectFile:
                 os.path.exists(self.path) and not os.access(self.path, os.W_OK)):
             raise UsageError(f"cannot write the reject file {self.path}: permission denied; "
                              f"choose another with {option('reject_file')}")
-        self._file, self.written = None, 0
+        self._file = None
 
     def open(self, keep_through_line: int | None = None):
         """Start the file, keeping the rejects of lines up to ``keep_through_line`` if given."""
@@ -3565,7 +3558,6 @@ class RejectFile:
         if rejects:
             self._file.writelines(f"{n}\t{reason}\t{raw}\n" for n, reason, raw in rejects)
             self._sync()
-            self.written += len(rejects)
 
     def mark(self) -> int:
         return self._file.tell()
@@ -4134,7 +4126,7 @@ def secondary_indexes(using: str, tables, drop: bool) -> int:
     A run that is killed leaves them missing (verify and check-indexes say so) until a
     run that writes the table ends, or check-indexes --fix. Unique constraints stay."""
     from django.apps import apps
-    connection = connections[using]
+    connection, dialect = connections[using], Dialect.for_alias(using)
     done = 0
     for model in apps.get_app_config("node_atom").get_models():
         table = model._meta.db_table
@@ -4153,7 +4145,7 @@ def secondary_indexes(using: str, tables, drop: bool) -> int:
             # the index's own SQL: editor.remove_index would add an index on MySQL
             # for a foreign key these tables do not enforce
             statements = ([index.remove_sql(model, editor) for index in wanted] if drop else
-                          Dialect.for_alias(using).create_indexes_sql(model, wanted, editor))
+                          dialect.create_indexes_sql(model, wanted, editor))
             for statement in statements:
                 editor.execute(statement)
         done += len(wanted)
