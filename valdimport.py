@@ -1717,13 +1717,14 @@ def level_rows(out: ParsedBatch, matrix, values, refs: ReferenceKeys, config) ->
                           np.where(needs_config, split.masked(split.config), 0),
                           split.masked(split.term)], axis=1)
     first, inverse = unique_rows(key)
-    decoded = [decoded_quantum_numbers(key[i].tobytes()) for i in first]
-    if config.rows == TEXT:  # one table for all the decoded columns
-        columns["qn"] = Column("table", codes=inverse, entries=[text for text, _ in decoded])
+    distinct, width, as_text = key[first].tobytes(), key.shape[1], config.rows == TEXT
+    decoded = [decoded_quantum_numbers(distinct[at:at + width], as_text) for at in range(0, len(distinct), width)]
+    if as_text:  # one table for all the decoded columns
+        columns["qn"] = Column("table", codes=inverse, entries=decoded)
         qn = ["config", "term", "qn"]
     else:
         for i, column in enumerate(DECODED_QN_COLUMNS):
-            columns[column] = Column("table", codes=inverse, entries=[values[i] for _, values in decoded])
+            columns[column] = Column("table", codes=inverse, entries=[values[i] for values in decoded])
         qn = list(LEVEL_QN_COLUMNS)
     names = [c for c in STATE_COLUMNS[len(STATE_SLOTS):] if c not in LEVEL_QN_COLUMNS] + qn
     return render([columns[c] for c in names], len(record), config.rows, len(STATE_SLOTS))
@@ -1769,10 +1770,10 @@ class DescriptionSplit:
 
 
 @functools.lru_cache(maxsize=1 << 14)
-def decoded_quantum_numbers(key: bytes) -> tuple[bytes, tuple]:
-    """(COPY text, values) of the DECODED_QN_COLUMNS of a level: ``key`` is its coupling
-    (2 bytes), whether it is a molecule's (1), its configuration (86, zeros when decoding
-    does not read it) and its term (86)."""
+def decoded_quantum_numbers(key: bytes, as_text: bool) -> "tuple | _QnText":
+    """The values of the DECODED_QN_COLUMNS of a level, or their COPY text: ``key`` is
+    its coupling (2 bytes), whether it is a molecule's (1), its configuration (86, zeros
+    when decoding does not read it) and its term (86)."""
     coupling = key[:2].decode().strip() or None
     config = key[3:89].replace(b"\0", b"").decode().strip() or None
     term = key[89:].replace(b"\0", b"").decode().strip() or None
@@ -1782,7 +1783,7 @@ def decoded_quantum_numbers(key: bytes) -> tuple[bytes, tuple]:
     else:
         description = f"{config or 'x'} {term}"  # a configuration decoding does not read
     values = decode_level(coupling, description, molecule)[2:]
-    return _QnText(b"\t".join([NULL if v is None else _copy_text(v) for v in values])), values
+    return _QnText(b"\t".join([NULL if v is None else _copy_text(v) for v in values])) if as_text else values
 
 
 class _QnText(bytes):
