@@ -45,6 +45,7 @@ RUNS = {  # name -> the commands run one after the other into a fresh database
     "import-states + import-transitions": [["import-states"], ["import-transitions"]],
     "import --fast": [["import", "--fast", "--clear", "--yes"]],
 }
+BATCH = 5000  # records per batch: valdimport's default
 PLAN = [  # (dump, run): the issue's targets first, then what is reported beside them
     ("base", "import"), ("levels", "import"), ("large", "import"),
     ("base", "import-states + import-transitions"), ("random", "import"), ("base", "import --fast"),
@@ -83,6 +84,8 @@ def fresh_database(engine, url):
                            check=True)
     subprocess.run([PYTHON, "manage.py", "migrate", "-v", "0"], cwd=ROOT, check=True,
                    env=dict(os.environ, DATABASE_URL=url))
+    if engine == "postgresql":  # the previous run's dirty pages written now, not during this one
+        subprocess.run(["psql", "-q", "-h", "127.0.0.1", "-U", "postgres", "-c", "CHECKPOINT"], check=True)
 
 
 def measured(args):
@@ -132,6 +135,55 @@ def run(engine, dump, name):
         print(f"  {dump:7s} {engine:10s} {' '.join(command):40s} {seconds:7.1f} s  "
               f"{memory / 2**20:5.0f} MB  {records / seconds:9,.0f} records/s", flush=True)
     return records / total, peak, levels, total
+
+
+def level_store_seconds(engine, url, batches) -> tuple[float, float, int]:
+    """What the engine alone takes to store the levels of the database's last import:
+    its states rows copied, in id order, into a scratch table in ``batches``
+    transactions, by one INSERT ... SELECT each (no Python per row). (seconds with the
+    table's unique constraint on species, energy and J, seconds without it, rows)."""
+    if engine == "sqlite":
+        import sqlite3
+        connection = sqlite3.connect(str(OUT / "bench.sqlite3"), isolation_level=None)
+        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "cache_size=-16384", "wal_autocheckpoint=20000"):
+            connection.execute("PRAGMA " + pragma)
+        ddl = connection.execute("SELECT sql FROM sqlite_master WHERE name = 'states'").fetchone()[0]
+        unique = re.search(r', CONSTRAINT "states_level_unique" UNIQUE \([^)]*\)', ddl)[0]
+        tables = {True: ddl.replace('"states"', '"floor_states"', 1), False: None}
+        tables[False] = tables[True].replace(unique, "")
+        run_sql, placeholder = connection.execute, "?"
+    elif engine == "postgresql":
+        import psycopg2
+        connection = psycopg2.connect(url.replace("postgres://", "postgresql://"))
+        connection.autocommit = True
+        cursor = connection.cursor()
+        like = "CREATE TABLE floor_states (LIKE states INCLUDING DEFAULTS)"
+        tables = {True: like + '; ALTER TABLE floor_states ADD UNIQUE (species_id, energy_scaled, "J_scaled")',
+                  False: like}
+        run_sql, placeholder = cursor.execute, "%s"
+    else:
+        return None
+    if engine == "sqlite":
+        low, high = connection.execute("SELECT min(id), max(id) FROM states").fetchone()
+    else:
+        cursor.execute("SELECT min(id), max(id) FROM states")
+        low, high = cursor.fetchone()
+    step = -(-(high - low + 1) // batches)
+    seconds = {}
+    for constrained in (True, False):
+        run_sql("DROP TABLE IF EXISTS floor_states")
+        for statement in tables[constrained].split("; "):
+            run_sql(statement)
+        started = time.perf_counter()
+        for first in range(low, high + 1, step):
+            run_sql("BEGIN")
+            run_sql(f"INSERT INTO floor_states SELECT * FROM states WHERE id >= {placeholder} AND id < {placeholder}",
+                    (first, first + step))
+            run_sql("COMMIT")
+        seconds[constrained] = time.perf_counter() - started
+    run_sql("DROP TABLE floor_states")
+    connection.close()
+    return seconds[True], seconds[False], high - low + 1
 
 
 def pgloader_rate(dump) -> float | None:
@@ -202,10 +254,14 @@ def main():
     OUT.mkdir(parents=True, exist_ok=True)
     engines = args.engines.split(",")
     plan = [(d, r) for d, r in PLAN if d in args.dumps.split(",") and r in args.runs.split(",")]
-    results = {}
+    results, stores = {}, {}
     for dump, name in plan:
         for engine in engines:
             results[((dump, name), engine)] = run(engine, dump, name)
+            if name == "import" and dump in ("base", "levels"):
+                store = level_store_seconds(engine, ENGINES[engine](), DUMPS[dump][0] // BATCH)
+                if store:
+                    stores[(dump, engine)] = store
     pgloader = pgloader_rate("base") if "postgresql" in engines and "base" in args.dumps else None
     lines = [f"Benchmark of {time.strftime('%Y-%m-%d')}: `python bench/run.py "
              f"--dumps {args.dumps} --engines {args.engines} --runs {args.runs}`.",
@@ -224,6 +280,23 @@ def main():
                       f"table (no levels, no keys, no indexes): {pgloader:,.0f} rows/s"
                   + (f"; `import` into PostgreSQL: {ours[0]:,.0f} records/s "
                      f"({'at least as fast' if ours[0] >= pgloader else 'SLOWER'})" if ours else "") + "."]
+    if stores:
+        lines += ["", "What the engine alone takes to store the levels of an `import` (level_store_seconds: "
+                      "its rows copied by INSERT ... SELECT, in id order, in as many transactions as "
+                      "the import had batches; no Python per row):", "",
+                  "| dump | engine | level rows | unique constraint kept | without it | the import's whole time |",
+                  "|---|---|---|---|---|---|"]
+        for (dump, engine), (kept, without, rows) in stores.items():
+            whole = results[((dump, "import"), engine)][3]
+            lines.append(f"| {dump} | {engine} | {rows:,} | {kept:.1f} s | {without:.1f} s | {whole:.1f} s |")
+        for engine in engines:
+            if ("base", engine) in stores and ("levels", engine) in stores:
+                extra = stores[("levels", engine)][0] - stores[("base", engine)][0]
+                base = results[(("base", "import"), engine)][3]
+                lines.append(f"- {engine}: the levels dump's extra level rows take the engine alone "
+                             f"{extra:.1f} s more, {extra / base:.0%} of the base import's {base:.1f} s "
+                             f"(the target allows 15 % for everything).")
+        lines.append("")
     for dump in dict.fromkeys(d for d, _ in plan):
         records, species, levels, order = DUMPS[dump]
         lines.append(f"- {dump}: {records:,} records, {species} species x {levels} levels, {order} order "
