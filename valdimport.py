@@ -970,9 +970,7 @@ def _level_keys(out: ParsedBatch, values: dict, shipped):
         both[at::2] = level_keys(values["species_id"], values[f"{side}_energy"], values[f"{side}_j"])
     out.keys, first, inverse = np.unique(both, return_index=True, return_inverse=True)
     out.lower, out.upper = inverse[0::2], inverse[1::2]
-    out.carried = np.ones(len(out.keys), bool) if shipped is None else ~shipped.contains(out.keys)
-    if shipped is not None:
-        shipped.add(out.keys[out.carried])
+    out.carried = np.ones(len(out.keys), bool) if shipped is None else shipped.carry(out.keys)
     out._first = first[out.carried]  # where each carried level is first named: 2 * record + side
 
 
@@ -2588,6 +2586,18 @@ class SentLevels:
 
     def add(self, keys: np.ndarray):
         self.hashes.add(level_hashes(keys))
+
+    def carry(self, keys: np.ndarray) -> np.ndarray:
+        """Which of ``keys`` (distinct) were not carried yet; from now on they are. The
+        hashes are looked up sorted: searchsorted is faster for sorted needles."""
+        hashes = level_hashes(keys)
+        order = np.argsort(hashes)
+        ordered = hashes[order]
+        new = ~self.hashes.contains(ordered)
+        self.hashes.add(ordered[new])
+        carried = np.empty(len(keys), bool)
+        carried[order] = new
+        return carried
 
     def all_hashes(self) -> np.ndarray:
         return self.hashes.all_keys()
