@@ -3978,7 +3978,7 @@ class BatchImport:
     def _commit(self, batch, parsed, mark, isolate=False) -> "Tally":
         """The batch's rows, its rejects and the run's position, in one transaction."""
         self.rejects.truncate(mark)  # what a failed try wrote
-        self._stored = {}  # level key -> id stored in this transaction, known on commit
+        self._stored = []  # (keys, ids) of the levels stored in this transaction, known on commit
         self._next_id, self._counted = self.next_id, []
         with transaction.atomic(using=self.using):
             tally, refused = self._write(batch, parsed, isolate)
@@ -4007,8 +4007,7 @@ class BatchImport:
 
     def _remember_levels(self):
         if self._stored:
-            self.levels.add(np.array(list(self._stored), np.complex128),
-                            np.array(list(self._stored.values()), np.int64))
+            self.levels.add(*map(np.concatenate, zip(*self._stored)))
         self.next_id = self._next_id
         for ids in self._counted:
             self.counted[ids] = True
@@ -4038,7 +4037,7 @@ class BatchImport:
 
     def _store(self, batch, parsed, records, tally) -> list:
         """Store ``records`` under a savepoint; on refusal, halve until the bad ones are alone."""
-        stored = dict(self._stored)
+        stored = list(self._stored)
         try:
             with transaction.atomic(using=self.using):
                 new, existing, transitions = self._store_records(batch, parsed, records)
@@ -4077,15 +4076,17 @@ class BatchImport:
         keys = parsed.keys[used]
         ids = self.levels.lookup(keys)
         if self._stored:  # stored earlier in this transaction (a batch isolating refused rows)
-            for i in np.flatnonzero(ids < 0):
-                ids[i] = self._stored.get(complex(keys[i]), -1)
+            earlier = LevelKeys()
+            earlier.add(*map(np.concatenate, zip(*self._stored)))
+            unknown = ids < 0
+            ids[unknown] = earlier.lookup(keys[unknown])
         existing = self._newly_found(ids)
         new = np.flatnonzero(ids < 0)
         if len(new):
             ids[new] = np.arange(self._next_id, self._next_id + len(new))
             self._next_id += len(new)
             self.writer.insert_levels(cursor, self._level_rows(batch, parsed, used[new]), ids[new], run_id)
-            self._stored.update(zip(keys[new].tolist(), ids[new].tolist()))
+            self._stored.append((keys[new], ids[new]))
         levels_done = time.monotonic()
         self.seconds["levels"] += levels_done - started
         if not self.config.transitions:
