@@ -4005,9 +4005,13 @@ class BatchImport:
         self._remember_levels()  # the commit's on_commit work did not run: its answer was lost
         return Tally.from_run(run)
 
+    def _stored_levels(self) -> tuple[np.ndarray, np.ndarray]:
+        """(keys, ids) of the levels stored in the open transaction."""
+        return tuple(map(np.concatenate, zip(*self._stored)))
+
     def _remember_levels(self):
         if self._stored:
-            self.levels.add(*map(np.concatenate, zip(*self._stored)))
+            self.levels.add(*self._stored_levels())
         self.next_id = self._next_id
         for ids in self._counted:
             self.counted[ids] = True
@@ -4077,7 +4081,7 @@ class BatchImport:
         ids = self.levels.lookup(keys)
         if self._stored:  # stored earlier in this transaction (a batch isolating refused rows)
             earlier = LevelKeys()
-            earlier.add(*map(np.concatenate, zip(*self._stored)))
+            earlier.add(*self._stored_levels())
             unknown = ids < 0
             ids[unknown] = earlier.lookup(keys[unknown])
         existing = self._newly_found(ids)

@@ -137,51 +137,48 @@ def run(engine, dump, name):
     return records / total, peak, levels, total
 
 
-def level_store_seconds(engine, url, batches) -> tuple[float, float, int]:
+def level_store_seconds(engine, url, batches) -> tuple[float, float, int] | None:
     """What the engine alone takes to store the levels of the database's last import:
     its states rows copied, in id order, into a scratch table in ``batches``
     transactions, by one INSERT ... SELECT each (no Python per row). (seconds with the
-    table's unique constraint on species, energy and J, seconds without it, rows)."""
+    table's unique constraint on species, energy and J, seconds without it, rows);
+    None for MySQL."""
     if engine == "sqlite":
         import sqlite3
         connection = sqlite3.connect(str(OUT / "bench.sqlite3"), isolation_level=None)
+        cursor, placeholder = connection.cursor(), "?"
         for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "cache_size=-16384", "wal_autocheckpoint=20000"):
-            connection.execute("PRAGMA " + pragma)
-        ddl = connection.execute("SELECT sql FROM sqlite_master WHERE name = 'states'").fetchone()[0]
+            cursor.execute("PRAGMA " + pragma)  # as the import's writer has them
+        ddl = cursor.execute("SELECT sql FROM sqlite_master WHERE name = 'states'").fetchone()[0]
         unique = re.search(r', CONSTRAINT "states_level_unique" UNIQUE \([^)]*\)', ddl)[0]
-        tables = {True: ddl.replace('"states"', '"floor_states"', 1), False: None}
-        tables[False] = tables[True].replace(unique, "")
-        run_sql, placeholder = connection.execute, "?"
+        create = ddl.replace('"states"', '"floor_states"', 1)
+        tables = {True: [create], False: [create.replace(unique, "")]}
     elif engine == "postgresql":
         import psycopg2
         connection = psycopg2.connect(url.replace("postgres://", "postgresql://"))
         connection.autocommit = True
-        cursor = connection.cursor()
+        cursor, placeholder = connection.cursor(), "%s"
         like = "CREATE TABLE floor_states (LIKE states INCLUDING DEFAULTS)"
-        tables = {True: like + '; ALTER TABLE floor_states ADD UNIQUE (species_id, energy_scaled, "J_scaled")',
-                  False: like}
-        run_sql, placeholder = cursor.execute, "%s"
+        tables = {True: [like, 'ALTER TABLE floor_states ADD UNIQUE (species_id, energy_scaled, "J_scaled")'],
+                  False: [like]}
     else:
         return None
-    if engine == "sqlite":
-        low, high = connection.execute("SELECT min(id), max(id) FROM states").fetchone()
-    else:
-        cursor.execute("SELECT min(id), max(id) FROM states")
-        low, high = cursor.fetchone()
+    cursor.execute("SELECT min(id), max(id) FROM states")
+    low, high = cursor.fetchone()
     step = -(-(high - low + 1) // batches)
     seconds = {}
-    for constrained in (True, False):
-        run_sql("DROP TABLE IF EXISTS floor_states")
-        for statement in tables[constrained].split("; "):
-            run_sql(statement)
+    for constrained, statements in tables.items():
+        cursor.execute("DROP TABLE IF EXISTS floor_states")
+        for statement in statements:
+            cursor.execute(statement)
         started = time.perf_counter()
         for first in range(low, high + 1, step):
-            run_sql("BEGIN")
-            run_sql(f"INSERT INTO floor_states SELECT * FROM states WHERE id >= {placeholder} AND id < {placeholder}",
-                    (first, first + step))
-            run_sql("COMMIT")
+            cursor.execute("BEGIN")
+            cursor.execute(f"INSERT INTO floor_states SELECT * FROM states WHERE id >= {placeholder} "
+                           f"AND id < {placeholder}", (first, first + step))
+            cursor.execute("COMMIT")
         seconds[constrained] = time.perf_counter() - started
-    run_sql("DROP TABLE floor_states")
+    cursor.execute("DROP TABLE floor_states")
     connection.close()
     return seconds[True], seconds[False], high - low + 1
 
