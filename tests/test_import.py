@@ -216,3 +216,20 @@ def test_counts_add_up_and_are_kept_in_the_run_row(engine, tmp_path, sample_line
         t.lines_read, t.imported, sum(t.skipped.values()), t.rejected)
     assert run.status == "completed" and run.committed_line == len(lines)
     assert (tmp_path / "rejects").read_text() == "44\tno species index\t****\n"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_sqlite_checkpoints_every_80_mb_during_an_import_and_as_before_after(sqlite_only, monkeypatch):
+    from django.db import connections
+    seen = []
+    remember = vi.BatchImport._remember_levels
+
+    def remember_and_look(self):
+        seen.append(connections[sqlite_only].connection.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
+        remember(self)
+
+    monkeypatch.setattr(vi.BatchImport, "_remember_levels", remember_and_look)
+    vi.import_dump(str(SAMPLE), using=sqlite_only, batch_size=500)
+    assert seen and set(seen) == {vi.SQLiteWriter.WAL_PAGES}
+    raw = connections[sqlite_only].connection
+    assert raw.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
