@@ -1713,7 +1713,7 @@ def level_rows(out: ParsedBatch, matrix, values, refs: ReferenceKeys, config) ->
     needs_config = split.needs_config(coupling)[:, None]
     key = np.concatenate([coupling, molecule[:, None].astype(np.uint8),
                           np.where(needs_config, split.masked(split.config), 0),
-                          split.masked(split.term)], axis=1)
+                          split.aligned(split.decoded_term(coupling, molecule))], axis=1)
     first, inverse = unique_rows(key)
     distinct, width, as_text = key[first].tobytes(), key.shape[1], config.rows == TEXT
     decoded = [decoded_quantum_numbers(distinct[at:at + width], as_text) for at in range(0, len(distinct), width)]
@@ -1758,6 +1758,28 @@ class DescriptionSplit:
         position = np.arange(self.width)
         inside = (position >= span[0][:, None]) & (position < span[1][:, None])
         return np.where(inside, self.description, 0)
+
+    def aligned(self, span) -> np.ndarray:
+        """The bytes of ``span`` of each description moved to its start, zeros after."""
+        at = span[0][:, None] + np.arange(self.width)
+        inside = at < span[1][:, None]
+        return np.where(inside, np.take_along_axis(self.description, np.minimum(at, self.width - 1), 1), 0)
+
+    def decoded_term(self, coupling: np.ndarray, molecule: np.ndarray) -> tuple:
+        """The span of each term that decoding reads: an atom's LS term from its
+        multiplicity on, as _LS_TERM reads it ('2(3D)6F*' and 'z6F*' both '6F*': the label
+        before it is not decoded, and a dump has far more labels than terms), any other
+        term whole."""
+        start, stop = self.term
+        text, position, rows = self.description, np.arange(self.width), np.arange(len(start))
+        inside = (position >= start[:, None]) & (position < stop[:, None])
+        letter = inside & ((text < 48) | (text > 57))  # not a digit
+        end = stop - (text[rows, np.maximum(stop - 1, 0)] == ord("*"))
+        at_l = np.where(letter & (position < end[:, None]), position, -1).max(1)
+        label_end = np.where(letter & (position < at_l[:, None]), position, start[:, None] - 1).max(1)
+        ls = (self.has_term & ~molecule & (coupling == np.frombuffer(b"LS", np.uint8)).all(1)
+              & np.isin(text[rows, np.maximum(at_l, 0)], np.frombuffer(L_LETTERS.encode(), np.uint8)))
+        return np.where(ls, label_end + 1, start), stop
 
     def needs_config(self, coupling: np.ndarray) -> np.ndarray:
         """Where decode_level reads the configuration too: an atom with no coupling (n=) or

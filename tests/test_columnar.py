@@ -236,3 +236,41 @@ def test_a_parser_that_hands_every_line_over_would_fail_these_tests(sample_data,
     calls.clear()
     with pytest.raises(AssertionError, match="oracle"):
         test_the_sample_agrees_and_needs_no_parse_record(sample_data, "tuples")
+
+
+LS_LABELS = ["a", "z", "2(3D)", "(4F)", "3d6.(5D)", "w", ""]
+ODD_LS_TERMS = ["w15P", "3D**", "a2D F=3/2", "(3D)", "3D1", "1S0*", "5d", "D", "#2D", "x3D\\"]
+
+
+def _ls_line(i, lower, upper):
+    return data_line(lower_energy=f"{5000 + i:14.4f}", upper_energy=f"{30000 + i:14.4f}",
+                     lower_term=lower, upper_coupling="LS", upper_term=upper)
+
+
+def _ls_dump():
+    lines = [_ls_line(i, f"3d6.4s2 {label}5D", f"3d6.4p {label}5F*") for i, label in enumerate(LS_LABELS)]
+    lines += [_ls_line(100 + i, f"3d6 {term}", f"3d5.4p {term}") for i, term in enumerate(ODD_LS_TERMS)]
+    return ("h\nh\n" + "\n".join(lines) + "\n").encode()
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_ls_terms_with_labels_agree(name):
+    parsed = assert_agree(_ls_dump(), CONFIGS[name])
+    assert parsed.records == len(LS_LABELS) + len(ODD_LS_TERMS) and parsed.oracle == 0
+
+
+def test_an_ls_term_is_decoded_once_whatever_its_label(monkeypatch):
+    """The label before an LS term's multiplicity ('z', '2(3D)') does not change what it
+    decodes to, so the terms of a batch are decoded once per multiplicity, L and parity."""
+    decoded = []
+    original = vi.decoded_quantum_numbers
+
+    def counting(key, as_text):
+        if key[:2] == b"LS":
+            decoded.append(key[89:].replace(b"\0", b""))
+        return original(key, as_text)
+    monkeypatch.setattr(vi, "decoded_quantum_numbers", counting)
+    lines = [_ls_line(i, f"3d6.4s2 {label}5D", f"3d6.4p {label}5F*") for i, label in enumerate(LS_LABELS)]
+    parsed = vi.parse_batch(("h\nh\n" + "\n".join(lines) + "\n").encode(), 1, CONFIGS["text"])
+    assert parsed.records == len(LS_LABELS) and parsed.carried.sum() == 2 * len(LS_LABELS)
+    assert sorted(decoded) == [b"5D", b"5F*"]
