@@ -4310,53 +4310,90 @@ class ParserPool:
     """Parser processes fed through slots of shared memory: the caller copies a batch into a
     slot, a worker parses it and writes the arrays of the result into the same slot, and
     only a small description of them goes back through the pipe (pickling the arrays
-    would cost as much as parsing them)."""
+    would cost as much as parsing them).
+
+    Each worker has a pipe of its own and takes every ``workers``-th batch, so results come
+    back in input order. No lock is shared with a worker, so that stopping them cannot
+    hang: a multiprocessing.Pool's terminate() can, for ever, when a worker it kills
+    holds the lock of the pool's result queue (seen on Ctrl-C)."""
 
     def __init__(self, workers: int, config: ParseConfig, batch_size: int, shipped: SentLevels):
         import multiprocessing
         from multiprocessing import shared_memory
-        self.workers = workers
+        context = multiprocessing.get_context("spawn")
+        self.config, self.shipped = config, shipped
         self.slot_bytes = max(1 << 22, batch_size * SLOT_BYTES_PER_RECORD)
         self.memory = shared_memory.SharedMemory(create=True, size=self.slot_bytes * (workers + 2))
-        self.pool = _ignoring_sigint(lambda: multiprocessing.get_context("spawn").Pool(
-            workers, initializer=_start_worker,
-            initargs=(config, self.memory.name, self.slot_bytes, shipped.all_hashes())))
+        self.pipes, self.processes = [], []
+        try:
+            for _ in range(workers):
+                ours, theirs = context.Pipe()
+                self.pipes.append(ours)
+                self.processes.append(context.Process(target=_parser_process, daemon=True, args=(
+                    theirs, config, self.memory.name, self.slot_bytes, shipped.all_hashes())))
+                _ignoring_sigint(self.processes[-1].start)
+                theirs.close()
+        except BaseException:
+            self.__exit__()
+            raise
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
-        self.pool.terminate()
-        self.pool.join()
+        started = [p for p in self.processes if p.pid is not None]
+        for process in started:
+            process.terminate()
+        for process in started:
+            process.join()
+        for pipe in self.pipes:
+            pipe.close()
         self.memory.close()
         self.memory.unlink()
 
     def parsed(self, batches):
-        free, in_flight = list(range(self.workers + 2)), deque()
+        free, in_flight, turn = list(range(len(self.pipes) + 2)), deque(), 0
         for batch in batches:
-            slot = free.pop()
-            in_flight.append((batch, slot, self._submit(batch, slot)))
-            if not free or len(in_flight) > self.workers:
-                done, slot, result = in_flight.popleft()
-                yield done, self._result(result, slot)
-                free.append(slot)
-        while in_flight:
-            done, slot, result = in_flight.popleft()
-            yield done, self._result(result, slot)
-            free.append(slot)
-        self.pool.close()
-
-    def _submit(self, batch, slot):
-        start = slot * self.slot_bytes
-        if len(batch.data) <= self.slot_bytes // 2:
+            if len(batch.data) > self.slot_bytes // 2:  # too large for a slot: parsed here
+                while in_flight:
+                    yield self._result(*in_flight.popleft(), free)
+                yield batch, parse_batch(batch.data, batch.first_line, self.config, self.shipped)
+                continue
+            slot, pipe = free.pop(), self.pipes[turn % len(self.pipes)]
+            turn += 1
+            start = slot * self.slot_bytes
             self.memory.buf[start:start + len(batch.data)] = batch.data
-            data = len(batch.data)
-        else:
-            data = batch.data  # too large for the slot: through the pipe
-        return self.pool.apply_async(_parse_in_worker, (slot, data, batch.first_line))
+            try:
+                pipe.send((slot, len(batch.data), batch.first_line))
+            except OSError:
+                raise self._stopped() from None
+            in_flight.append((batch, slot, pipe))
+            if not free or len(in_flight) > len(self.pipes):
+                yield self._result(*in_flight.popleft(), free)
+        while in_flight:
+            yield self._result(*in_flight.popleft(), free)
+        for pipe in self.pipes:
+            pipe.send(None)
 
-    def _result(self, result, slot) -> ParsedBatch:
-        return _arrays_unpickled(result.get(), self.memory.buf, slot * self.slot_bytes)
+    def _result(self, batch, slot, pipe, free) -> tuple:
+        """(batch, its parsed batch) from the worker of ``pipe``; its slot is free again."""
+        try:
+            data, error = pipe.recv()
+        except (EOFError, OSError):
+            raise self._stopped() from None
+        if error is not None:
+            raise error
+        parsed = _arrays_unpickled(data, self.memory.buf, slot * self.slot_bytes)
+        free.append(slot)
+        return batch, parsed
+
+
+    def _stopped(self) -> ValdImportError:
+        for process in self.processes:
+            process.join(timeout=1)
+        codes = [str(p.exitcode) for p in self.processes if p.exitcode]
+        return ValdImportError(f"a parser process stopped unexpectedly (exit code {', '.join(codes) or '?'}); "
+                               "rerun the command to resume")
 
 
 SLOT_BYTES_PER_RECORD = 2500  # a batch's input and its parsed arrays fit in batch_size x this
@@ -4365,18 +4402,26 @@ SLOT_BYTES_PER_RECORD = 2500  # a batch's input and its parsed arrays fit in bat
 _worker = None  # (ParseConfig, shared memory, slot size, SentLevels) of a parser process
 
 
-def _start_worker(config, memory_name, slot_bytes, shipped_hashes):
-    global _worker
+def _parser_process(pipe, config, memory_name, slot_bytes, shipped_hashes):
+    """A parser process: parses the batches its pipe names until it is sent None."""
     from multiprocessing import shared_memory
+    global _worker
     _worker = (config, shared_memory.SharedMemory(name=memory_name), slot_bytes, SentLevels(shipped_hashes))
+    try:
+        while (task := pipe.recv()) is not None:
+            try:
+                result = (_parse_in_worker(*task), None)
+            except Exception as error:  # raised again in the main process
+                result = (None, error)
+            pipe.send(result)
+    except (EOFError, OSError):  # the main process has gone
+        pass
 
 
-def _parse_in_worker(slot, data, first_line):
+def _parse_in_worker(slot, length, first_line):
     config, memory, slot_bytes, shipped = _worker
     start = slot * slot_bytes
-    if isinstance(data, int):
-        data = bytes(memory.buf[start:start + data])
-    parsed = parse_batch(data, first_line, config, shipped)
+    parsed = parse_batch(bytes(memory.buf[start:start + length]), first_line, config, shipped)
     return _arrays_pickled(parsed, memory.buf, start, slot_bytes)
 
 

@@ -1,4 +1,8 @@
 """Parser processes change the speed, never the content."""
+import gzip
+
+import pytest
+
 import valdimport as vi
 from tests.conftest import SAMPLE, clear, content
 
@@ -21,3 +25,36 @@ def test_two_passes_with_workers_equal_the_single_process_import(engine):
     clear(engine)
     vi.import_dump(str(SAMPLE), using=engine, workers=0)
     assert content(engine) == parallel
+
+
+def test_a_batch_too_large_for_its_slot_is_parsed_by_the_main_process(engine, tmp_path, monkeypatch):
+    """A 3 MB comment line makes its batch larger than half a slot (4 MB at this batch
+    size): that batch is parsed where the workers' results are read, in its turn."""
+    lines = gzip.open(SAMPLE).read().split(b"\n")
+    dump = tmp_path / "long.dat"
+    dump.write_bytes(b"\n".join(lines[:1001] + [b"#" + b"x" * (3 << 20)] + lines[1001:]))
+    vi.import_dump(str(dump), using=engine, batch_size=150, workers=0)
+    expected = content(engine)
+    clear(engine)
+    here = []
+    original = vi.parse_batch
+
+    def counted(data, *args, **kwargs):
+        here.append(len(data))
+        return original(data, *args, **kwargs)
+    monkeypatch.setattr(vi, "parse_batch", counted)  # the main process's only: workers are spawned
+    summary = vi.import_dump(str(dump), using=engine, batch_size=150, workers=1)
+    assert content(engine) == expected
+    assert summary.tally.skipped["comment"] == 1
+    assert len(here) == 2 and here[1] > 3 << 20  # the first batch, and the large one
+
+
+def test_a_parser_process_that_dies_stops_the_run_with_one_line():
+    batches = vi.read_batches(vi.Input(str(SAMPLE)).blocks(), 150)
+    with vi.ParserPool(1, vi.ParseConfig(), 150, vi.SentLevels()) as pool:
+        results = pool.parsed(batches)
+        next(results)
+        pool.processes[0].kill()
+        with pytest.raises(vi.ValdImportError, match="a parser process stopped unexpectedly"):
+            for _ in results:
+                pass
