@@ -4372,8 +4372,9 @@ class ParserPool:
                 yield self._result(*in_flight.popleft(), free)
         while in_flight:
             yield self._result(*in_flight.popleft(), free)
-        for pipe in self.pipes:
-            pipe.send(None)
+        for pipe in self.pipes:  # done: the workers end (a dead one is ended already)
+            with contextlib.suppress(OSError):
+                pipe.send(None)
 
     def _result(self, batch, slot, pipe, free) -> tuple:
         """(batch, its parsed batch) from the worker of ``pipe``; its slot is free again."""
@@ -4386,7 +4387,6 @@ class ParserPool:
         parsed = _arrays_unpickled(data, self.memory.buf, slot * self.slot_bytes)
         free.append(slot)
         return batch, parsed
-
 
     def _stopped(self) -> ValdImportError:
         for process in self.processes:
