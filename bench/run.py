@@ -27,6 +27,9 @@ from pathlib import Path
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+import valdimport  # noqa: E402  (its batch size and SQLite settings, not its code path)
+
 OUT = ROOT / "bench" / "out"
 PYTHON = sys.executable
 ENGINES = {
@@ -45,7 +48,7 @@ RUNS = {  # name -> the commands run one after the other into a fresh database
     "import-states + import-transitions": [["import-states"], ["import-transitions"]],
     "import --fast": [["import", "--fast", "--clear", "--yes"]],
 }
-BATCH = 5000  # records per batch: valdimport's default
+BATCH = valdimport.ImportOptions.batch_size  # records per batch: valdimport's default
 PLAN = [  # (dump, run): the targets first, then what is reported beside them
     ("base", "import"), ("levels", "import"), ("large", "import"),
     ("base", "import-states + import-transitions"), ("random", "import"), ("base", "import --fast"),
@@ -151,7 +154,8 @@ def level_store_seconds(engine, url, batches) -> dict | None:
         import sqlite3
         connection = sqlite3.connect(str(OUT / "bench.sqlite3"), isolation_level=None)
         cursor = connection.cursor()
-        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "cache_size=-16384", "wal_autocheckpoint=20000"):
+        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "cache_size=-16384",
+                       f"wal_autocheckpoint={valdimport.SQLiteWriter.WAL_PAGES}"):
             cursor.execute("PRAGMA " + pragma)  # as the import's writer has them
         ddl = cursor.execute("SELECT sql FROM sqlite_master WHERE name = 'states'").fetchone()[0]
         unique = re.search(r', CONSTRAINT "states_level_unique" UNIQUE \([^)]*\)', ddl)[0]
@@ -160,7 +164,7 @@ def level_store_seconds(engine, url, batches) -> dict | None:
         rows = cursor.execute("SELECT * FROM states ORDER BY id").fetchall()
         width = len(rows[0]) if rows else 1
         flat = [float("nan") if v is None else v for row in rows for v in row]  # as the writer binds
-        per = max(1, min(50, 32766 // width))
+        per = max(1, min(valdimport.SQLiteWriter.ROWS_PER_INSERT, 32766 // width))
         sql = "INSERT INTO floor_states VALUES " + ", ".join(["(" + ", ".join("?" * width) + ")"] * per)
         one = "INSERT INTO floor_states VALUES (" + ", ".join("?" * width) + ")"
 
@@ -191,10 +195,11 @@ def level_store_seconds(engine, url, batches) -> dict | None:
         cursor.execute("DROP TABLE IF EXISTS floor_states")
         for statement in tables[constrained]:
             cursor.execute(statement)
+        span = max(1, len(rows)) if single else step  # rows per transaction
         started = time.perf_counter()
-        for first in range(0, len(rows), len(rows) if single else step):
+        for first in range(0, len(rows), span):
             cursor.execute("BEGIN")
-            for at in range(first, min(len(rows), first + (len(rows) if single else step)), step):
+            for at in range(first, min(len(rows), first + span), step):
                 load(at, min(len(rows), at + step))
             cursor.execute("COMMIT")
         seconds[name] = time.perf_counter() - started
