@@ -287,12 +287,6 @@ def level_key(species_id: int, energy_scaled: int, j_scaled: int) -> complex:
     return complex(species_id * 131072 + j_scaled + 1, energy_scaled)
 
 
-def key_parts(key: complex) -> tuple[int, int, int]:
-    """(species_id, energy_scaled, J_scaled) of a level_key."""
-    real = int(key.real)
-    return real >> 17, int(key.imag), (real & 131071) - 1
-
-
 # ----------------------------------------------------------------- parse ----
 # parse_record is the reference parser: one line at a time, in plain Python, with a
 # reason for every rejection. The columnar parser (parse_batch, below) does the same
@@ -977,12 +971,6 @@ def _level_keys(out: ParsedBatch, values: dict, shipped):
 def level_keys(species: np.ndarray, energy_scaled: np.ndarray, j_scaled: np.ndarray) -> np.ndarray:
     """level_key of arrays."""
     return (species * 131072 + j_scaled + 1).astype(np.float64) + 1j * energy_scaled.astype(np.float64)
-
-
-def key_columns(keys: np.ndarray) -> tuple:
-    """(species, energy_scaled, J_scaled) int64 arrays of level keys."""
-    real = keys.real.astype(np.int64)
-    return real >> 17, keys.imag.astype(np.int64), (real & 131071) - 1
 
 
 # The lines of a batch ------------------------------------------------------------
@@ -2602,12 +2590,6 @@ class SentLevels:
         self.hashes = LevelKeys(np.uint64, ids=False)
         if hashes is not None:
             self.hashes.add(hashes)
-
-    def contains(self, keys: np.ndarray) -> np.ndarray:
-        return self.hashes.contains(level_hashes(keys))
-
-    def add(self, keys: np.ndarray):
-        self.hashes.add(level_hashes(keys))
 
     def carry(self, keys: np.ndarray) -> np.ndarray:
         """Which of ``keys`` (distinct) were not carried yet; from now on they are. The

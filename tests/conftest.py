@@ -238,8 +238,20 @@ def expected_content(path, skip_header=2):
         record = vi.parse_record(vi.decoded_line(lines[i]), None if ref is None else vi.decoded_line(ref))
         keys = []
         for key, row in ((record.lower_key, record.lower), (record.upper_key, record.upper)):
-            states.setdefault(vi.key_parts(key), tuple(f.to_python(row.get(f.attname)) for f in state_fields))
-            keys.append(vi.key_parts(key))
+            states.setdefault(key_parts(key), tuple(f.to_python(row.get(f.attname)) for f in state_fields))
+            keys.append(key_parts(key))
         transitions.append((*keys, *(f.to_python(record.transition.get(f.attname))
                                      for f in transition_fields)))
     return {"states": [states[key] for key in sorted(states)], "transitions": transitions}
+
+
+def key_parts(key: complex) -> tuple[int, int, int]:
+    """(species_id, energy_scaled, J_scaled) of a level key: valdimport.level_key undone."""
+    real = int(key.real)
+    return real >> 17, int(key.imag), (real & 131071) - 1
+
+
+def key_columns(keys) -> tuple:
+    """key_parts of an array of level keys, as three int64 arrays."""
+    real = keys.real.astype("int64")
+    return real >> 17, keys.imag.astype("int64"), (real & 131071) - 1

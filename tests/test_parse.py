@@ -4,6 +4,7 @@ from decimal import Decimal
 import pytest
 
 import valdimport as vi
+from tests.conftest import key_parts
 from tests.lines import REFERENCE, data_line, dump
 
 
@@ -54,8 +55,8 @@ def test_every_field_of_a_hand_written_line():
                          coupling_case="JK", energy_linelist_id=4, energy_method=None,
                          energy_ref_id="E2", lande_ref_id="La", level_ref_id="Wb",
                          config="3p5.(2P*<3/2>).4f", term="2[9/2]*", S2=0.5, K=4.5, Jc=1.5, P="1")
-    assert vi.key_parts(record.lower_key) == (2601, 57404501, 40)
-    assert vi.key_parts(record.upper_key) == (2601, 258999876, 35)
+    assert key_parts(record.lower_key) == (2601, 57404501, 40)
+    assert key_parts(record.upper_key) == (2601, 258999876, 35)
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -334,7 +335,7 @@ def test_decimal_columns_keep_what_the_format_prints():
 @pytest.mark.parametrize("parts", [(2601, 57404501, 40), (1, 0, -1), (999999, 9999999999999, 99999),
                                    (10001, -125000, 5), (26, -1, -1)])
 def test_level_keys_pack_and_unpack_exactly(parts):
-    assert vi.key_parts(vi.level_key(*parts)) == parts
+    assert key_parts(vi.level_key(*parts)) == parts
 
 
 def test_level_keys_differ_when_any_part_differs():
