@@ -1678,7 +1678,6 @@ def level_rows(out: ParsedBatch, matrix, values, refs: ReferenceKeys, config) ->
         columns[column] = Column("digits", text(column), value(column), value(column, True),
                                  fields["lower"][column].places)
     columns["coupling_case"] = Column("chars", text("coupling_case"))
-    columns["term_desc"] = Column("chars", text("term_desc"), strip="right")
     columns["energy_scaled"] = Column("int", value=value("energy"))
     columns["J_scaled"] = Column("int", value=value("J"))
     linelist = np.where(upper, values[LINE_LISTS[fields["upper"]["energy"].refs[0]].name][record],
@@ -1690,10 +1689,11 @@ def level_rows(out: ParsedBatch, matrix, values, refs: ReferenceKeys, config) ->
                   for side in ("lower", "upper"))
         codes = refs.codes[record]
         columns[column] = refs.column((0,), np.where(upper, codes[:, up.refs[0]], codes[:, lo.refs[0]])[:, None])
-    coupling, description = text("coupling_case"), text("term_desc")
+    coupling, description = text("coupling_case"), _used_columns(text("term_desc"))
     molecule = (values["species_id"][record] >= 10000) | (coupling == np.frombuffer(b"Ha", np.uint8)).all(1) \
         | (coupling == np.frombuffer(b"Hb", np.uint8)).all(1)
     split = DescriptionSplit(description, molecule)
+    columns["term_desc"] = Column("chars", description, strip="right")
     columns["config"] = Column("chars", description, null=~split.has_config, span=split.config)
     columns["term"] = Column("chars", description, null=~split.has_term, span=split.term)
     # the quantum numbers: decoded once per distinct (coupling, molecule, term, and the
@@ -1704,7 +1704,8 @@ def level_rows(out: ParsedBatch, matrix, values, refs: ReferenceKeys, config) ->
                           split.aligned(split.decoded_term(coupling, molecule))], axis=1)
     first, inverse = unique_rows(key)
     distinct, width, as_text = key[first].tobytes(), key.shape[1], config.rows == TEXT
-    decoded = [decoded_quantum_numbers(distinct[at:at + width], as_text) for at in range(0, len(distinct), width)]
+    decoded = [decoded_quantum_numbers(_widened(distinct[at:at + width]), as_text)
+               for at in range(0, len(distinct), width)]
     if as_text:  # one table for all the decoded columns
         columns["qn"] = Column("table", codes=inverse, entries=decoded)
         qn = ["config", "term", "qn"]
@@ -1714,6 +1715,23 @@ def level_rows(out: ParsedBatch, matrix, values, refs: ReferenceKeys, config) ->
         qn = list(LEVEL_QN_COLUMNS)
     names = [c for c in STATE_COLUMNS[len(STATE_SLOTS):] if c not in LEVEL_QN_COLUMNS] + qn
     return render([columns[c] for c in names], len(record), config.rows, len(STATE_SLOTS))
+
+
+TERM_WIDTH = FIELD["lower_term"].end - FIELD["lower_term"].start  # a level description's bytes
+
+
+def _used_columns(text: np.ndarray) -> np.ndarray:
+    """``text`` without the columns that are blank in every row (a batch's descriptions
+    are mostly far shorter than the field's 86 bytes: every step after works on fewer)."""
+    filled = np.flatnonzero((text != 32).any(0))
+    return text[:, :filled[-1] + 1 if len(filled) else 1]
+
+
+def _widened(key: bytes) -> bytes:
+    """A decoding key of a narrowed batch as the full field width gives it: the key of
+    the same level is the same bytes in every batch (decoded_quantum_numbers' cache)."""
+    width = (len(key) - 3) // 2
+    return key[:3] + key[3:3 + width].ljust(TERM_WIDTH, b"\0") + key[3 + width:].ljust(TERM_WIDTH, b"\0")
 
 
 class DescriptionSplit:
@@ -1780,11 +1798,11 @@ class DescriptionSplit:
 @functools.lru_cache(maxsize=1 << 14)
 def decoded_quantum_numbers(key: bytes, as_text: bool) -> "tuple | _QnText":
     """The values of the DECODED_QN_COLUMNS of a level, or their COPY text: ``key`` is
-    its coupling (2 bytes), whether it is a molecule's (1), its configuration (86, zeros
-    when decoding does not read it) and its term (86)."""
+    its coupling (2 bytes), whether it is a molecule's (1), its configuration (TERM_WIDTH,
+    zeros when decoding does not read it) and its term (TERM_WIDTH)."""
     coupling = key[:2].decode().strip() or None
-    config = key[3:89].replace(b"\0", b"").decode().strip() or None
-    term = key[89:].replace(b"\0", b"").decode().strip() or None
+    config = key[3:3 + TERM_WIDTH].replace(b"\0", b"").decode().strip() or None
+    term = key[3 + TERM_WIDTH:].replace(b"\0", b"").decode().strip() or None
     molecule = key[2] == 1
     if term is None:
         description = config
