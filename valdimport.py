@@ -228,6 +228,7 @@ DATA_FIELDS = (
 )
 LINE_WIDTH = DATA_FIELDS[-1].end  # 365
 FIELD = {f.name: f for f in DATA_FIELDS}
+TERM_WIDTH = FIELD["lower_term"].end - FIELD["lower_term"].start  # a level description's bytes
 LINE_LISTS = tuple(f for f in DATA_FIELDS if f.name.startswith("ll"))  # LINE_LISTS[i]: reference field i
 
 
@@ -1715,9 +1716,6 @@ def level_rows(out: ParsedBatch, matrix, values, refs: ReferenceKeys, config) ->
         qn = list(LEVEL_QN_COLUMNS)
     names = [c for c in STATE_COLUMNS[len(STATE_SLOTS):] if c not in LEVEL_QN_COLUMNS] + qn
     return render([columns[c] for c in names], len(record), config.rows, len(STATE_SLOTS))
-
-
-TERM_WIDTH = FIELD["lower_term"].end - FIELD["lower_term"].start  # a level description's bytes
 
 
 def _used_columns(text: np.ndarray) -> np.ndarray:
