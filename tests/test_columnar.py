@@ -274,3 +274,31 @@ def test_an_ls_term_is_decoded_once_whatever_its_label(monkeypatch):
     parsed = vi.parse_batch(("h\nh\n" + "\n".join(lines) + "\n").encode(), 1, CONFIGS["text"])
     assert parsed.records == len(LS_LABELS) and parsed.carried.sum() == 2 * len(LS_LABELS)
     assert sorted(decoded) == [b"5D", b"5F*"]
+
+
+def _description_dump(lower_terms, upper_terms):
+    lines = [_ls_line(i, lower, upper) for i, (lower, upper) in enumerate(zip(lower_terms, upper_terms))]
+    return ("h\nh\n" + "\n".join(lines) + "\n").encode()
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("lower, upper", [
+    (["", ""], ["", ""]),  # no description in the whole batch
+    (["x" * 86, "3d6 a5D"], ["3d6.4p z5F*", "y" * 85 + "\\"]),  # the field's whole width
+    (["3d6 a5D", "3d6 a5D"], ["3d6.4p " + "\\ " * 38 + "5F*", "3d6.4p z5F*"]),
+], ids=["blank", "full-width", "escaped-blanks"])
+def test_descriptions_of_any_width_agree(name, lower, upper):
+    """A batch's descriptions are narrowed to the columns any of them fills before they
+    are split and decoded: a batch with none, or one as wide as the field, agrees too."""
+    parsed = assert_agree(_description_dump(lower, upper), CONFIGS[name])
+    assert parsed.records == 2 and parsed.oracle == 0
+
+
+def test_a_level_decodes_alike_in_batches_of_any_width():
+    """The decoder's cache key of a level is the same whether the batch's widest
+    description is short or the field's whole width."""
+    vi.decoded_quantum_numbers.cache_clear()
+    vi.parse_batch(_description_dump(["3d6 a5D"], ["3d6.4p z5F*"]), 1, CONFIGS["text"])
+    misses = vi.decoded_quantum_numbers.cache_info().misses
+    vi.parse_batch(_description_dump(["3d6 a5D"], ["x" * 86]), 1, CONFIGS["text"])
+    assert vi.decoded_quantum_numbers.cache_info().misses == misses + 1  # only the new 'x...' one
