@@ -4397,30 +4397,23 @@ class ParserPool:
 SLOT_BYTES_PER_RECORD = 2500  # a batch's input and its parsed arrays fit in batch_size x this
 
 
-_worker = None  # (ParseConfig, shared memory, slot size, SentLevels) of a parser process
-
-
 def _parser_process(pipe, config, memory_name, slot_bytes, shipped_hashes):
-    """A parser process: parses the batches its pipe names until it is sent None."""
+    """A parser process: parses the batches its pipe names (slot, length, first line) in
+    their slots of shared memory until it is sent None."""
     from multiprocessing import shared_memory
-    global _worker
-    _worker = (config, shared_memory.SharedMemory(name=memory_name), slot_bytes, SentLevels(shipped_hashes))
+    memory, shipped = shared_memory.SharedMemory(name=memory_name), SentLevels(shipped_hashes)
     try:
         while (task := pipe.recv()) is not None:
+            slot, length, first_line = task
+            start = slot * slot_bytes
             try:
-                result = (_parse_in_worker(*task), None)
+                parsed = parse_batch(bytes(memory.buf[start:start + length]), first_line, config, shipped)
+                result = (_arrays_pickled(parsed, memory.buf, start, slot_bytes), None)
             except Exception as error:  # raised again in the main process
                 result = (None, error)
             pipe.send(result)
     except (EOFError, OSError):  # the main process has gone
         pass
-
-
-def _parse_in_worker(slot, length, first_line):
-    config, memory, slot_bytes, shipped = _worker
-    start = slot * slot_bytes
-    parsed = parse_batch(bytes(memory.buf[start:start + length]), first_line, config, shipped)
-    return _arrays_pickled(parsed, memory.buf, start, slot_bytes)
 
 
 def _arrays_pickled(obj, buffer, start: int, size: int) -> bytes:

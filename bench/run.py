@@ -150,9 +150,12 @@ class Result(NamedTuple):
     cpu: float  # CPU seconds of the importer's processes
     rest: float  # CPU seconds of the rest of the machine meanwhile (the server)
 
+    @property
+    def machine_cpu(self) -> float:
+        return self.cpu + self.rest
+
     def cpu_text(self) -> str:
-        return (f"{self.cpu:.1f} + {self.rest:.1f} s "
-                f"({(self.cpu + self.rest) / (self.seconds * os.cpu_count()):.0%})")
+        return f"{self.cpu:.1f} + {self.rest:.1f} s ({self.machine_cpu / (self.seconds * os.cpu_count()):.0%})"
 
 
 def run(engine, dump, name) -> Result:
@@ -304,8 +307,8 @@ def levels_budget(base: Result, levels: Result, base_store: dict, levels_store: 
     import's, or all the cores for both), 15 % more time is 15 % more CPU: that is what
     the extra levels may cost, beside what they do cost and what the engine alone takes."""
     extra = levels.levels - base.levels
-    spent = levels.cpu + levels.rest - base.cpu - base.rest
-    allowed = 0.15 * (base.cpu + base.rest)
+    spent = levels.machine_cpu - base.machine_cpu
+    allowed = 0.15 * base.machine_cpu
     engine = {name: levels_store[name] - base_store[name] for name in ("per batch", "one transaction")}
 
     def per_level(seconds):
@@ -313,7 +316,7 @@ def levels_budget(base: Result, levels: Result, base_store: dict, levels_store: 
     return (f"the levels dump's {extra:,} extra levels cost {spent:.1f} CPU seconds more than the base "
             f"dump (importer {levels.cpu - base.cpu:+.1f}, rest of the machine {levels.rest - base.rest:+.1f}), "
             f"{per_level(spent)} per extra level. Within 15 % of the base import's time, at the share of "
-            f"the cores it keeps busy, leaves them 15 % of its {base.cpu + base.rest:.1f} CPU seconds: "
+            f"the cores it keeps busy, leaves them 15 % of its {base.machine_cpu:.1f} CPU seconds: "
             f"{allowed:.1f} s, {per_level(allowed)} per extra level. The engine alone takes "
             f"{per_level(engine['per batch'])} per extra level in a transaction per batch "
             f"({engine['per batch']:.1f} s), {per_level(engine['one transaction'])} in one transaction "

@@ -10,7 +10,7 @@ import pytest
 
 import valdimport as vi
 from tests.conftest import SAMPLE, generate_dump
-from tests.lines import REFERENCE, data_line
+from tests.lines import REFERENCE, data_line, dump
 
 TEXT_COLUMNS = {"accurflag", "accur", "transition_type", "comment", "term_desc", "coupling_case",
                 "config", "term", "P", "elecstate", "kronig_parity", "elec_inversion", "asSym",
@@ -248,9 +248,8 @@ def _ls_line(i, lower, upper):
 
 
 def _ls_dump():
-    lines = [_ls_line(i, f"3d6.4s2 {label}5D", f"3d6.4p {label}5F*") for i, label in enumerate(LS_LABELS)]
-    lines += [_ls_line(100 + i, f"3d6 {term}", f"3d5.4p {term}") for i, term in enumerate(ODD_LS_TERMS)]
-    return ("h\nh\n" + "\n".join(lines) + "\n").encode()
+    return dump(*[_ls_line(i, f"3d6.4s2 {label}5D", f"3d6.4p {label}5F*") for i, label in enumerate(LS_LABELS)],
+                *[_ls_line(100 + i, f"3d6 {term}", f"3d5.4p {term}") for i, term in enumerate(ODD_LS_TERMS)])
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -267,18 +266,17 @@ def test_an_ls_term_is_decoded_once_whatever_its_label(monkeypatch):
 
     def counting(key, as_text):
         if key[:2] == b"LS":
-            decoded.append(key[89:].replace(b"\0", b""))
+            decoded.append(key[3 + vi.TERM_WIDTH:].replace(b"\0", b""))
         return original(key, as_text)
     monkeypatch.setattr(vi, "decoded_quantum_numbers", counting)
     lines = [_ls_line(i, f"3d6.4s2 {label}5D", f"3d6.4p {label}5F*") for i, label in enumerate(LS_LABELS)]
-    parsed = vi.parse_batch(("h\nh\n" + "\n".join(lines) + "\n").encode(), 1, CONFIGS["text"])
+    parsed = vi.parse_batch(dump(*lines), 1, CONFIGS["text"])
     assert parsed.records == len(LS_LABELS) and parsed.carried.sum() == 2 * len(LS_LABELS)
     assert sorted(decoded) == [b"5D", b"5F*"]
 
 
 def _description_dump(lower_terms, upper_terms):
-    lines = [_ls_line(i, lower, upper) for i, (lower, upper) in enumerate(zip(lower_terms, upper_terms))]
-    return ("h\nh\n" + "\n".join(lines) + "\n").encode()
+    return dump(*[_ls_line(i, lower, upper) for i, (lower, upper) in enumerate(zip(lower_terms, upper_terms))])
 
 
 @pytest.mark.parametrize("name", CONFIGS)
