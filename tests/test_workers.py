@@ -58,3 +58,12 @@ def test_a_parser_process_that_dies_stops_the_run_with_one_line():
         with pytest.raises(vi.ValdImportError, match=r"a parser process stopped unexpectedly \(exit code -9\)"):
             for _ in results:
                 pass
+
+
+def test_an_error_in_a_parser_process_is_raised_in_the_main_one():
+    """What a worker raises comes back through its pipe and is raised where the batches
+    are read, as itself (a method table that is not pairs breaks every batch's parse)."""
+    batches = vi.read_batches(vi.Input(str(SAMPLE)).blocks(), 150)
+    with vi.ParserPool(1, vi.ParseConfig(methods=((1, 2, 3),)), 150, vi.SentLevels()) as pool:
+        with pytest.raises(ValueError, match="dictionary update sequence"):
+            next(pool.parsed(batches))
