@@ -3646,6 +3646,8 @@ SOURCE_CATEGORIES = {"article": "journal", "book": "book", "inbook": "book", "in
 OTHER_SOURCE_CATEGORY = "private communication"  # misc, unpublished and any other type
 _NOT_IN_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 _LATEX_ESCAPE = re.compile(r"\\([_%&#$~])")
+# what an entry bibtexparser cannot read still shows: "@type{key," (or "@type(key,")
+_ENTRY_HEAD = re.compile(r"\s*@\s*(?P<type>\w+)\s*[{(]\s*(?P<key>[^\s,{}()\"#%'=\\]+)\s*,")
 
 
 def node_id() -> str:
@@ -3662,7 +3664,8 @@ def source_xml(key: str, bibtex: str, node: str) -> tuple[str, bool]:
     """The XSAMS ``<Source>`` element of one BibTeX entry, and whether its fields could be read.
 
     An entry bibtexparser cannot read still gets a well-formed element: its id,
-    empty ``<Authors>`` and the entry text in ``<BibTeX>``.
+    empty ``<Authors>``, its ``<Category>`` when its type can be read, and the entry text
+    in ``<BibTeX>``.
     """
     fields = _source_fields(bibtex)
     source = ET.Element("Source", sourceID=_xml_safe(f"B{node}-{key}"))
@@ -3681,6 +3684,8 @@ def source_xml(key: str, bibtex: str, node: str) -> tuple[str, bool]:
                            ("DigitalObjectIdentifier", fields.get("doi"))):
             if value:
                 ET.SubElement(source, tag).text = value
+    elif head := _ENTRY_HEAD.match(bibtex):
+        ET.SubElement(source, "Category").text = _source_category(head["type"])
     ET.SubElement(source, "BibTeX").text = _xml_safe(bibtex)
     return ET.tostring(source, encoding="unicode"), fields is not None
 
@@ -3710,8 +3715,12 @@ def _source_fields(bibtex: str) -> dict | None:
     fields = {f.key: _xml_safe(" ".join(f.value.split())) for f in decoded.fields}
     fields.update((k, _xml_safe(" ".join(v.split()))) for k, v in kept.items())
     fields["authors"] = [fields.pop(f"author {i}") for i in range(len(authors))]
-    fields["category"] = SOURCE_CATEGORIES.get(entry.entry_type.lower(), OTHER_SOURCE_CATEGORY)
+    fields["category"] = _source_category(entry.entry_type)
     return fields
+
+
+def _source_category(entry_type: str) -> str:
+    return SOURCE_CATEGORIES.get(entry_type.lower(), OTHER_SOURCE_CATEGORY)
 
 
 @functools.lru_cache(maxsize=1)
@@ -5166,6 +5175,14 @@ def _linelist_rows(text, using, tally, reject):
             ("methods applied", f"{transitions:,} transitions, {states:,} levels")]
 
 
+def _unreadable_entry_key(block, longest: int) -> str | None:
+    """The key of a block bibtexparser failed to read, if it starts as an entry does."""
+    head = _ENTRY_HEAD.match(block.raw)
+    if head and head["type"].lower() not in ("string", "preamble", "comment") and len(head["key"]) <= longest:
+        return head["key"]
+    return None
+
+
 def _reference_rows(text, using, tally, reject):
     """BibTeX entries, keyed case-sensitively, with their raw text kept byte-exact."""
     import logging
@@ -5185,12 +5202,19 @@ def _reference_rows(text, using, tally, reject):
             bad.append((block.start_line + 1, f"key longer than {longest} characters",
                         block.raw.replace("\n", " ")))
         elif isinstance(block, model.Entry):
-            refs.append(Reference(id=block.key, bibtex=block.raw))
-            tally.imported += 1
+            if not seen.is_repeat(block.key, block.start_line + 1, block.raw.replace("\n", " "), bad):
+                refs.append(Reference(id=block.key, bibtex=block.raw))
+                tally.imported += 1
         elif isinstance(block, model.DuplicateBlockKeyBlock):
             seen.first_line[block.key] = block.previous_block.start_line + 1
             seen.is_repeat(block.key, block.start_line + 1, block.raw.replace("\n", " "), bad)
-        elif isinstance(block, bibtexparser.model.ParsingFailedBlock):
+        elif isinstance(block, model.ParsingFailedBlock) and (key := _unreadable_entry_key(block, longest)):
+            # an entry bibtexparser cannot read, under a key the dump may cite: kept, with
+            # the minimal XSAMS source that the summary counts
+            if not seen.is_repeat(key, block.start_line + 1, block.raw.replace("\n", " "), bad):
+                refs.append(Reference(id=key, bibtex=block.raw.rstrip()))  # up to the next block
+                tally.imported += 1
+        elif isinstance(block, model.ParsingFailedBlock):
             reason = getattr(block.error, "abort_reason", "") or _first_line(block.error)
             bad.append((block.start_line + 1, f"not a BibTeX entry: {reason.strip()}",
                         block.raw.replace("\n", " ")))

@@ -24,6 +24,7 @@ MISC = "@misc{WA, title = {Private communication}, year = {1999}, note = {by e-m
 NO_FIELDS = "@article{Bare, title = {Only a title}}"
 BROKEN = "@article{broken, title = {never closed}"
 NAMES = "@unpublished{Names, author = {Smith, J., Jr., Sir}, title = {Too many commas}}"
+NOT_AN_ENTRY = "@article{ = no key}"
 
 
 def parsed(bibtex, key, node="vald"):
@@ -85,7 +86,10 @@ def test_an_entry_that_cannot_be_read_gets_its_key_and_text(bibtex, key):
     source, readable = parsed(bibtex, key)
     assert not readable
     assert source.get("sourceID") == f"Bvald-{key}"
-    assert [(child.tag, child.text) for child in source] == [("Authors", None), ("BibTeX", bibtex or None)]
+    category = {BROKEN: [("Category", "journal")],  # the type can be read
+                NAMES: [("Category", "private communication")]}.get(bibtex, [])
+    assert [(child.tag, child.text) for child in source] == [
+        ("Authors", None), *category, ("BibTeX", bibtex or None)]
 
 
 def test_characters_xml_cannot_hold_are_replaced():
@@ -97,19 +101,23 @@ def test_characters_xml_cannot_hold_are_replaced():
 
 def test_import_references_stores_a_source_for_every_entry(engine, tmp_path):
     path = tmp_path / "refs.bib"
-    path.write_text("\n\n".join([ARTICLE, BOOK, MISC, NAMES, BROKEN]) + "\n")
+    path.write_text("\n\n".join([ARTICLE, BOOK, MISC, NAMES, BROKEN, NOT_AN_ENTRY]) + "\n")
     summary = vi.import_references(str(path), using=engine, reject_file=str(tmp_path / "rej"))
-    assert (summary.tally.imported, summary.tally.rejected) == (4, 1)  # the broken block is rejected
+    assert (summary.tally.imported, summary.tally.rejected) == (5, 1)
     assert summary_rows(summary.table())["XSAMS sources"] == (
-        "4 for node 'vald', 1 minimal (fields not readable: Names)")
+        "5 for node 'vald', 2 minimal (fields not readable: Names, broken)")
+    assert "not a BibTeX entry" in (tmp_path / "rej").read_text()  # no key to store it under
     stored = dict(Reference.objects.using(engine).values_list("id", "xml"))
-    assert sorted(stored) == ["K14", "Names", "WA", "Wa"]
+    assert sorted(stored) == ["K14", "Names", "WA", "Wa", "broken"]
+    broken = ET.fromstring(stored["broken"])
+    assert [(child.tag, child.text) for child in broken] == [
+        ("Authors", None), ("Category", "journal"), ("BibTeX", BROKEN)]
     for key, xml in stored.items():
         source = ET.fromstring(xml)
         assert source.get("sourceID") == f"Bvald-{key}"
         assert source.find("BibTeX").text == Reference.objects.using(engine).get(pk=key).bibtex
     assert ET.fromstring(stored["Wa"]).find("SourceName").text == "A&A"
-    assert ET.fromstring(stored["Names"]).find("Category") is None
+    assert ET.fromstring(stored["Names"]).find("Category").text == "private communication"
 
 
 def test_the_node_id_setting_and_rebuilding_the_sources(engine, monkeypatch):
