@@ -532,6 +532,7 @@ def decode_level(coupling: str | None, description: str | None, molecule: bool) 
             qn["config"], qn["term"] = config, term
             _decode_atom(coupling, qn)
         elif term is None:  # no configuration: the whole description is the term
+            qn["term"] = description
             _decode_molecule(coupling, description, qn)
         else:
             qn["config"], qn["term"] = config, term
@@ -1696,7 +1697,7 @@ def level_rows(out: ParsedBatch, matrix, values, refs: ReferenceKeys, config) ->
     split = DescriptionSplit(description, molecule)
     columns["term_desc"] = Column("chars", description, strip="right")
     columns["config"] = Column("chars", description, null=~split.has_config, span=split.config)
-    columns["term"] = Column("chars", description, null=~split.has_term, span=split.term)
+    columns["term"] = Column("chars", description, null=~split.has_stored_term, span=split.stored_term)
     # the quantum numbers: decoded once per distinct (coupling, molecule, term, and the
     # configuration where the coupling reads it), not once per description
     needs_config = split.needs_config(coupling)[:, None]
@@ -1735,8 +1736,8 @@ def _widened(key: bytes) -> bytes:
 class DescriptionSplit:
     """split_description() of a matrix of level descriptions: the configuration and the
     term of each as [start, stop) byte spans (the first blank not preceded by a
-    backslash divides them). A molecule's description without a term keeps neither
-    (decode_level reads it whole)."""
+    backslash divides them). A molecule's description without a blank has no
+    configuration: it is all term (stored_term), which decoding reads whole."""
 
     def __init__(self, description: np.ndarray, molecule: np.ndarray):
         width = description.shape[1]
@@ -1756,6 +1757,9 @@ class DescriptionSplit:
         self.has_term = anything & split
         self.config = (first, np.where(anything, at, first))
         self.term = (np.where(split, term_start, last + 1), last + 1)
+        whole = anything & molecule & ~split
+        self.has_stored_term = self.has_term | whole
+        self.stored_term = (np.where(whole, first, self.term[0]), self.term[1])
 
     def masked(self, span) -> np.ndarray:
         """The bytes of ``span`` of each description, zeros elsewhere."""

@@ -276,11 +276,16 @@ def test_a_numeric_field_that_is_not_a_complete_fortran_f_field_is_rejected(chan
         vi.parse_record(data_line(**changes), None)
 
 
-@pytest.mark.parametrize("changes", [dict(loggf="  -1.500"), dict(ritz="     5000.00000"),
-                                     dict(loggf="   -.500"), dict(lower_j="    .5"),
-                                     dict(gammawaals="  +1.300")])
-def test_complete_f_fields_are_accepted(changes):
-    vi.parse_record(data_line(**changes), None)
+@pytest.mark.parametrize("changes, read", [
+    (dict(loggf="  -1.500"), lambda r: Decimal(r.transition["loggf"]) == Decimal("-1.5")),
+    (dict(ritz="     5000.00000"), lambda r: Decimal(r.transition["waveritz"]) == 5000),
+    (dict(loggf="   -.500"), lambda r: Decimal(r.transition["loggf"]) == Decimal("-0.5")),
+    (dict(lower_j="    .5"), lambda r: (Decimal(r.lower["J"]), r.lower["J_scaled"]) == (Decimal("0.5"), 5)),
+    (dict(gammawaals="  +1.300"), lambda r: (r.transition["gammawaals"], r.transition["sigmawaals"],
+                                            r.transition["alphawaals"]) == (None, 1, "0.300")),
+])
+def test_complete_f_fields_are_accepted_with_their_values(changes, read):
+    assert read(vi.parse_record(data_line(**changes), None))
 
 
 @pytest.mark.parametrize("cut", [70, 180, 340, 364])

@@ -32,6 +32,7 @@ DESCRIPTIONS = [
     ("JK", "3p5.(2P*<1/2>).5g (1/2)[7/2]", dict(S2=0.5, K=3.5, Jc=0.5, P="2")),
     ("JK", "3d2.(3D<2>).6g (1/2)[3]", dict(S2=0.5, K=3.0, Jc=2.0, P="2")),
     ("JK", "3d4.(3S<1>).5f 1[3]*", dict(S2=0.0, K=3.0, Jc=1.0, P="1")),
+    ("JK", "3d7.(4F<9/2>).4s.(5F<5>).5g 2[11/2]", dict(S2=0.5, K=5.5, Jc=5.0, P="2")),  # the last <Jc>
     # LK: as JK, L from the letter after "\ " in the configuration
     ("LK", "2p.(2P*).3d\\ P 2[3/2]*", dict(config="2p.(2P*).3d\\ P", term="2[3/2]*",
                                            L=1, S2=0.5, K=1.5, P="1")),
@@ -101,6 +102,8 @@ def test_decoded_quantum_numbers(coupling, description, values):
     expected = expected_row(values)
     if "config" not in values and coupling not in ("Ha", "Hb"):
         expected["config"], expected["term"] = vi.split_description(description)
+    elif coupling in ("Ha", "Hb") and "term" not in values:  # no configuration: all term
+        expected["term"] = description
     assert decoded == expected
 
 
