@@ -227,6 +227,7 @@ DATA_FIELDS = (
       for i in range(1, 10)),
 )
 LINE_WIDTH = DATA_FIELDS[-1].end  # 365
+HEADER_LINES = 2  # at the top of a VALD dump, before its first data line
 FIELD = {f.name: f for f in DATA_FIELDS}
 TERM_WIDTH = FIELD["lower_term"].end - FIELD["lower_term"].start  # a level description's bytes
 LINE_LISTS = tuple(f for f in DATA_FIELDS if f.name.startswith("ll"))  # LINE_LISTS[i]: reference field i
@@ -768,7 +769,7 @@ NAN = float("nan")  # NULL for sqlite3 (ColumnRows.flat)
 class ParseConfig:
     """How a batch is parsed; picklable, for the parser processes."""
 
-    skip_header: int = 2
+    skip_header: int = HEADER_LINES
     skip_calc: bool = False
     methods: tuple = ()  # (line-list id, method) pairs
     rows: str = TUPLES  # TEXT or TUPLES: the form the writer takes
@@ -2661,6 +2662,7 @@ OPERATIONS = {
 IMPORTS = tuple(COMMANDS)
 PASS_2 = tuple(c for c in COMMANDS if c in WRITES_TRANSITIONS)
 FILE_IMPORTS = IMPORTS + tuple(COMPANIONS)
+LOCKING_OPERATIONS = ("rollback", "housekeeping", "check-indexes")  # the operations that write
 
 
 def positive_int(text: str) -> int:
@@ -2712,7 +2714,9 @@ class ImportOptions:
         None, "--reject-file", "where rejected lines go (default: INPUT.runN.rejects in the working "
         "directory, or beside the SQLite database when it is not writable)", FILE_IMPORTS, metavar="PATH")
     wait: bool = _option(False, "--wait", "when another valdimport command is writing to the database, "
-                         "wait for it to finish instead of stopping", FILE_IMPORTS)
+                         "wait for it to finish instead of stopping", [*FILE_IMPORTS, *LOCKING_OPERATIONS],
+                         help_for={"check-indexes": "with --fix: when another valdimport command is writing "
+                                                    "to the database, wait for it to finish instead of stopping"})
     summary_json: str | None = _option(None, "--summary-json", "also write the summary, with its phases, "
                                        "as JSON to PATH", FILE_IMPORTS, metavar="PATH")
     energy_tolerance: float = _option(1.0, "--energy-tolerance", "largest energy difference (cm-1) between "
@@ -2721,7 +2725,7 @@ class ImportOptions:
     batch_size: int = _option(5_000, "--batch-size", "records per transaction", [*IMPORTS, "housekeeping"],
                               metavar="N", type=positive_int, help_for={
                                   "housekeeping": "rows per transaction when computing Einstein A"})
-    skip_header: int = _option(2, "--skip-header", "header lines at the top of the dump",
+    skip_header: int = _option(HEADER_LINES, "--skip-header", "header lines at the top of the dump",
                                [*IMPORTS, "verify"], metavar="N", type=non_negative_int)
     skip_calc: bool = _option(False, "--skip-calc", "do not compute Einstein A (leave it empty)",
                               [*PASS_2, "housekeeping"],
@@ -2746,7 +2750,7 @@ class ImportOptions:
     clear: bool = _option(False, "--clear", "empty the tables this command fills (and their runs) first",
                           IMPORTS)
     verify: bool = _option(False, "--verify", "run verify at the end (with the dump's counts when it is a "
-                           "file); exit 1 when a check fails", IMPORTS)
+                           "file); exit 1 when a check fails", PASS_2)  # after pass 1 alone it would fail
     skip_housekeeping: bool = _option(False, "--skip-housekeeping", "leave out the housekeeping after the "
                                       "import (ground states, missing Einstein A, statistics); run the "
                                       "housekeeping command later", IMPORTS)
@@ -2830,6 +2834,8 @@ DRIVERS = {  # engine -> (the modules that can drive it, the extra that installs
     "django.db.backends.postgresql": (("psycopg2", "psycopg"), "postgres", "psycopg2-binary"),
     "django.db.backends.mysql": (("MySQLdb",), "mysql", "mysqlclient"),
 }
+DRIVER_BUILD = {"mysql": "; it compiles against the MariaDB client library (Debian/Ubuntu: "
+                         "apt-get install pkg-config libmariadb-dev first)"}
 
 
 def require_driver(engine: str):
@@ -2837,16 +2843,17 @@ def require_driver(engine: str):
     (the base install is what SQLite needs: no driver that compiles)."""
     import importlib
     modules, extra, package = DRIVERS.get(engine, ((), None, None))
+    reasons = []
     for module in modules:
         try:
             importlib.import_module(module)
             return
         except ImportError as error:
-            reason = _first_line(error)
-    if modules:
+            reasons.append(_first_line(error))
+    if modules:  # the first module's reason: the one the extra installs
         raise MissingDriver(f"{extra} needs the database driver {package}, which is not installed "
-                            f"({reason}): pip install 'valdimport[{extra}]' (in a checkout: "
-                            f"pip install -e '.[{extra}]')")
+                            f"({reasons[0]}): pip install 'valdimport[{extra}]' (in a checkout: "
+                            f"pip install -e '.[{extra}]'){DRIVER_BUILD.get(extra, '')}")
 
 
 def connect_database(using: str = DEFAULT_DB_ALIAS):
@@ -4843,11 +4850,21 @@ def run_import(command: str, source: str = "-", *, using: str = DEFAULT_DB_ALIAS
     return summary
 
 
-def require_input(source):
-    """Refuse to wait for standard input on a terminal: nothing is piped in."""
-    if source in ("-", None) and sys.stdin is not None and sys.stdin.isatty():
-        raise NoInput(f"there is no input: standard input is a terminal; give the input with "
-                      f"{option('file')}, or pipe it in")
+def require_input(source, file_only: str | None = None):
+    """Check the input before the database is touched (a mistyped path must not leave an
+    empty database behind): a file that can be read, or standard input that is not a
+    terminal (nothing piped in); ``file_only`` names the command that cannot read a pipe."""
+    if source in ("-", None) and file_only:
+        raise UsageError(f"{file_only} reads a file, not standard input: give it with {option('file')}")
+    if source in ("-", None):
+        if sys.stdin is not None and sys.stdin.isatty():
+            raise NoInput(f"there is no input: standard input is a terminal; give the input with "
+                          f"{option('file')}, or pipe it in")
+        return
+    try:
+        open(source, "rb").close()
+    except OSError as error:
+        raise UsageError(f"cannot read {source}: {error.strerror}") from None
 
 
 CLEARS = {"import-states": ("Transition", "State"), "import-transitions": ("Transition",),
@@ -5244,13 +5261,8 @@ class HyperfineFile:
 
     def __init__(self, path: str, tolerance: float = 1.0):
         import sqlite3
-        if path in (None, "-"):
-            raise UsageError(f"import-hfs reads an SQLite file, not standard input: give it with {option('file')}")
+        require_input(path, file_only="import-hfs")
         self.path, self.tolerance = str(path), tolerance
-        try:
-            open(self.path, "rb").close()
-        except OSError as error:
-            raise UsageError(f"cannot read {self.path}: {error.strerror}") from None
         # read-only: a mistyped name never creates an empty database
         self.db = sqlite3.connect(Path(self.path).absolute().as_uri() + "?mode=ro", uri=True)
         try:
@@ -5469,8 +5481,7 @@ def run_companion(command: str, source: str = "-", *, using: str = DEFAULT_DB_AL
                   options: ImportOptions | None = None) -> Summary:
     """Import one companion file in one transaction; returns its summary."""
     options = options or ImportOptions()
-    if command != "import-hfs":  # which says that it needs a file
-        require_input(source)
+    require_input(source, file_only="import-hfs" if command == "import-hfs" else None)  # SQLite
     connect_database(using)
     with database_lock(using, options.wait), writable(using):
         return _import_companion(command, source, using, options)
@@ -5695,8 +5706,8 @@ def run_operation(command: str, using: str = DEFAULT_DB_ALIAS, options: ImportOp
     verify compares with)."""
     options = options or ImportOptions()
     require_schema(using)
-    if command in ("rollback", "housekeeping") or command == "check-indexes" and options.fix:
-        with database_lock(using), writable(using):
+    if command in LOCKING_OPERATIONS and (command != "check-indexes" or options.fix):
+        with database_lock(using, options.wait), writable(using):
             return _run_operation(command, using, options, file)
     return _run_operation(command, using, options, file)
 

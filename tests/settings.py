@@ -23,6 +23,13 @@ INSTALL = {
              "./scripts/test starts it) or set VALDIMPORT_TEST_MYSQL_URL",
 }
 
+LOGIN_REFUSED = ("authentication failed", "no password supplied", "Access denied", "role ")
+LOGIN = {
+    "postgresql": "set VALDIMPORT_TEST_POSTGRES_URL to a user that may create databases, with its "
+                  "password",
+    "mysql": "set VALDIMPORT_TEST_MYSQL_URL to a user that may create databases, with its password",
+}
+
 
 def _answers(alias, config):
     try:
@@ -38,7 +45,12 @@ def _answers(alias, config):
         return True
     except Exception as error:  # any failure means: not usable here
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        UNAVAILABLE[alias] = f"no {alias} server at {config['HOST']}:{config['PORT']} ({reason}): {INSTALL[alias]}"
+        where = f"{config['HOST']}:{config['PORT']}"
+        if any(word in reason for word in LOGIN_REFUSED):  # the server is there
+            UNAVAILABLE[alias] = (f"the {alias} server at {where} refused the login ({reason}): "
+                                  f"{LOGIN[alias]} (see docs/development.md)")
+        else:
+            UNAVAILABLE[alias] = f"no {alias} server at {where} ({reason}): {INSTALL[alias]}"
         return False
 
 

@@ -133,7 +133,7 @@ def test_each_command_offers_only_the_options_that_do_something_for_it():
     """Einstein A and another input's transitions are pass 2's business; the companion files
     are read whole, in one transaction; the operations read no dump but verify."""
     states, transitions = help_options("import-states"), help_options("import-transitions")
-    assert transitions - states == {"--skip-calc", "--append"}
+    assert transitions - states == {"--skip-calc", "--append", "--verify"}
     assert help_options("import") == transitions
     for companion in ("import-species", "import-linelists", "import-references"):
         assert help_options(companion) == {"--file", "--reject-file", "--wait", "--summary-json",
@@ -142,6 +142,9 @@ def test_each_command_offers_only_the_options_that_do_something_for_it():
     assert help_options("runs") == {"--limit", "--json", "--database-url", "--verbose", "--quiet"}
     assert help_options("verify") - help_options("runs") == {"--file", "--skip-header", "--workers"}
     assert "--yes" in help_options("rollback") and "--yes" not in help_options("housekeeping")
+    for writer in ("rollback", "housekeeping", "check-indexes"):  # they take the lock: they may wait
+        assert "--wait" in help_options(writer), writer
+    assert "--wait" not in help_options("runs") | help_options("verify")
 
 
 def test_global_options_come_before_or_after_the_command(tmp_path):
@@ -178,6 +181,16 @@ def test_no_input_on_a_terminal_says_how_to_give_it(command, tmp_path):
     assert result.returncode == 2, result.stderr
     assert result.stderr == ("valdimport: error: there is no input: standard input is a terminal; "
                              "give the input with --file, or pipe it in\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["import", "import-transitions", "import-species", "import-hfs"])
+def test_a_mistyped_input_path_leaves_no_database_behind(command, tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "valdimport.py"), command, "--file", "nosuch.dat",
+                             "--database-url", "sqlite:///vald.sqlite3"], capture_output=True, text=True,
+                            cwd=tmp_path, env=cli_env(), timeout=60)
+    assert (result.returncode, result.stderr) == (
+        2, "valdimport: error: cannot read nosuch.dat: No such file or directory\n")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -183,3 +183,30 @@ def test_the_readme_is_a_guide_of_a_few_screens():
                     "Choosing the database", "When things go wrong", "Where to read more"):
         assert heading in sections(README), heading
     assert "not met" not in README and "valdimport import" in README
+
+
+def test_every_default_the_docs_give_is_the_code_s():
+    """"(default 5 000)" beside an option, and name=value in a signature of the Python
+    API, say what ImportOptions and the functions say: a changed default shows here."""
+    import ast
+    import dataclasses
+    import inspect
+    defaults = {f.metadata["flag"].name: f.default for f in dataclasses.fields(vi.ImportOptions)
+                if "flag" in f.metadata}
+    seen = 0
+    for page in (OPTIONS, (ROOT / "docs" / "operations.md").read_text()):
+        for option, value in re.findall(r"`(--[a-z-]+)[^`]*` *\|?[^|(`]*\(default ([0-9][0-9 ,.]*)", page):
+            assert option in defaults, option
+            assert float(re.sub(r"[ ,]", "", value).rstrip(".")) == defaults[option], (option, value)
+            seen += 1
+    api = (ROOT / "docs" / "api.md").read_text()
+    for name, arguments in re.findall(r"`(\w+)\(([^`]*)\)`", api):
+        if not hasattr(vi, name):  # a method: table(), as_dict()
+            continue
+        parameters = inspect.signature(getattr(vi, name)).parameters
+        for parameter, literal in re.findall(r"(\w+)=([^,)]+)", arguments):
+            default = (parameters[parameter].default if parameter in parameters  # else an **option
+                       else getattr(vi.ImportOptions, parameter))
+            assert default == ast.literal_eval(literal), (name, parameter)
+            seen += 1
+    assert seen >= 15

@@ -167,6 +167,9 @@ def test_a_file_that_is_not_an_ab_table_is_one_line_and_exit_2(tmp_path, make, m
     assert result.returncode == 2
     assert result.stderr.decode() == f"valdimport: error: {message.format(p=path)}\n"
     assert path.exists() == ("No such file" not in message)  # a mistyped name creates no file
+    if not path.exists():  # checked before the database is touched: none is created
+        assert not database.exists()
+        return
     with sqlite3.connect(database) as db:
         assert db.execute("SELECT COUNT(*) FROM import_runs").fetchone() == (0,)
 
@@ -175,7 +178,8 @@ def test_standard_input_is_refused(tmp_path):
     result = run_cli("import-hfs", url=f"sqlite:///{tmp_path}/node.sqlite3", stdin=b"")
     assert result.returncode == 2
     assert result.stderr.decode().strip() == (
-        "valdimport: error: import-hfs reads an SQLite file, not standard input: give it with --file")
+        "valdimport: error: import-hfs reads a file, not standard input: give it with --file")
+    assert not (tmp_path / "node.sqlite3").exists()
 
 
 def test_verify_finds_constants_the_last_import_did_not_give(engine, tmp_path):

@@ -91,3 +91,24 @@ def test_a_second_import_stops_at_once_naming_the_run_that_holds_the_lock(empty_
     assert summary_rows(out1)["transitions"] == f"{RECORDS:,}"
     assert "found nothing new" in out2.splitlines()[0]
     every_line_once(empty_database, dump)
+
+
+def test_an_operation_that_writes_stops_or_waits_as_its_message_says(empty_database, dump):
+    """housekeeping writes too: its refusal names --wait, and --wait is an option it takes."""
+    first = start(empty_database, dump)
+    while committed(empty_database) == 0 and first.poll() is None:
+        time.sleep(0.05)
+    with stalled(empty_database):
+        refused = run_cli("housekeeping", url=empty_database)
+        waiting = subprocess.Popen([sys.executable, str(ROOT / "valdimport.py"), "--database-url",
+                                    empty_database, "housekeeping", "--wait"], env=cli_env(),
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        waited = waiting.stderr.readline()
+        assert first.poll() is None
+    err = refused.stderr.decode()
+    assert refused.returncode == 2 and "rerun with --wait to wait for it" in err, err
+    assert waited.startswith("valdimport: waiting for run 1 (import ")
+    assert finish(first)[0] == 0
+    code, out, err = finish(waiting)
+    assert code == 0, err
+    assert out.startswith("housekeeping: ")

@@ -63,4 +63,6 @@ def test_an_engine_whose_driver_is_missing_says_what_to_install(scheme, modules,
             f"valdimport: error: {extra} needs the database driver {DRIVERS[extra]}, which is not installed")
         assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
         assert f"pip install 'valdimport[{extra}]'" in result.stderr
+        assert f"(import of {modules[0]} halted" in result.stderr  # the one the extra installs
+        assert ("apt-get install pkg-config libmariadb-dev" in result.stderr) == (extra == "mysql")
     assert list(tmp_path.iterdir()) == []
