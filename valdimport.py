@@ -3509,7 +3509,7 @@ class RunLedger:
             options=_json_options(self.options), host=_host(), pid=os.getpid(),
             started_at=now, updated_at=now, **values)
         run.options["reject_file"] = os.path.abspath(  # named after the run: its id is known now
-            self.options.reject_file or default_reject_path(self.input.name, run.id, self.using))
+            self.options.reject_file or default_reject_path(self.input.name, run.id, self.using, reserve=True))
         self.model.objects.using(self.using).filter(pk=run.pk).update(options=run.options)
         return run
 
@@ -3568,6 +3568,12 @@ class RunLedger:
         if tally is not None:
             values.update(self._row(tally))
         self.model.objects.using(self.using).filter(pk=self.run.pk).update(**values)
+
+    def forget(self):
+        """Delete this run's row: it wrote nothing (its input is not a dump)."""
+        if self.run is not None and not self.resumed and not self.run.committed_bytes:
+            self.run.delete(using=self.using)
+            self.run = None
 
     def finish_quietly(self, status: str, tally: Tally | None, message: str):
         """finish(), unless the database is gone: the run then stays "running", which a
@@ -3632,12 +3638,14 @@ class RejectFile:
                 os.remove(self.path)
 
 
-def default_reject_path(input_name: str, run_id: int | None, using: str | None = None) -> str:
+def default_reject_path(input_name: str, run_id: int | None, using: str | None = None,
+                        reserve: bool = False) -> str:
     """``NAME.runN.rejects`` (a dry run: ``NAME.dry-run.rejects``) in the first folder the run
     can write: the working directory, beside the SQLite database, the temporary folder.
 
-    Never beside the input, whose folder may be read-only; named per run, so that two
-    runs never share (and delete) one file.
+    Never beside the input, whose folder may be read-only. ``reserve``: created empty here
+    for this run alone, under the first free name (``NAME.runN-2.rejects`` ...), since a run
+    of the same number in another database, or another dry run, may have the name already.
     """
     name = "stdin" if input_name == "-" else os.path.basename(input_name)
     folders = [os.getcwd()]
@@ -3645,7 +3653,18 @@ def default_reject_path(input_name: str, run_id: int | None, using: str | None =
         folders.append(os.path.dirname(os.path.abspath(connections[using].settings_dict["NAME"])))
     folders.append(tempfile.gettempdir())
     folder = next((f for f in folders if os.access(f, os.W_OK)), folders[0])
-    return os.path.join(folder, f"{name}.run{run_id}.rejects" if run_id else f"{name}.dry-run.rejects")
+    stem = os.path.join(folder, f"{name}.run{run_id}" if run_id else f"{name}.dry-run")
+    for number in itertools.count(1):
+        path = f"{stem}.rejects" if number == 1 else f"{stem}-{number}.rejects"
+        if not reserve:
+            return path
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+            return path
+        except FileExistsError:
+            continue
+        except OSError:  # not writable after all: RejectFile says so when it opens it
+            return path
 
 
 # XSAMS sources: the <Source> element the node serves for each reference ----------
@@ -3925,7 +3944,9 @@ class BatchImport:
         try:
             if stop_at is None:
                 self._open_rejects()
-                pairs = dump_batches(pairs, self.inp)
+                checked = dump_batches(pairs, self.inp)
+                first = next(checked, None)  # a dump, checked before any table changes
+                pairs = itertools.chain([first] if first is not None else [], checked)
             else:
                 batch = None
                 try:
@@ -4964,13 +4985,20 @@ def _import_input(command, inp, using, options) -> Summary:
             return run.run()
         except PrefixMismatch as mismatch:
             if not inp.reopenable:
+                differs = (f"standard input differs from the input of run {ledger.candidate.id} (same "
+                           f"first bytes, different before line {mismatch.line:,}): it is another input")
+                if options.append:  # which would add all of it, from its start
+                    raise UsageError(f"{differs}, and a pipe cannot be read again from its start to add "
+                                     f"all of it: rerun with {option('restart')} instead of "
+                                     f"{option('append')}, or give it with {option('file')}") from None
                 raise UsageError(
-                    f"standard input differs from the input of run {ledger.candidate.id} (same "
-                    f"first bytes, different before line {mismatch.line:,}): it is another input; "
-                    f"{option('clear')} replaces what is imported with it, {option('restart')} adds all "
-                    f"of it as a new run; or give it with {option('file')} to compare it with every "
-                    "earlier run") from None
+                    f"{differs}; {option('clear')} replaces what is imported with it, {option('restart')} "
+                    f"adds all of it as a new run; or give it with {option('file')} to compare it with "
+                    "every earlier run") from None
             inp.reopen()
+        except NotADump:
+            ledger.forget()
+            raise
         except RunStopped:
             ledger.finish_quietly(ledger.model.STOPPED, run.tally, "stopped: the most rejected lines allowed")
             raise
@@ -4987,7 +5015,7 @@ def _dry_run(command, inp, using, options) -> Summary:
     if not inp.head:
         raise empty_input(inp)
     tally = Tally()
-    rejects = RejectFile(options.reject_file or default_reject_path(inp.name, None, using))
+    rejects = RejectFile(options.reject_file or default_reject_path(inp.name, None, using, reserve=True))
     rejects.open()
     progress = _progress_bar(inp, options)
     config = ParseConfig(options.skip_header, options.skip_calc, rows=TUPLES, transitions=False)

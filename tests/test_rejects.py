@@ -190,6 +190,8 @@ def test_an_input_that_is_not_a_vald_dump_stops_before_writing(engine, tmp_path,
     assert err.count("\n") == 1 and "Traceback" not in err
     assert not Transition.objects.using(engine).exists() and not State.objects.using(engine).exists()
     assert not list(tmp_path.glob("*.rejects"))
+    assert not ImportRun.objects.using(engine).exists()  # no run: it wrote nothing
+    assert vi.check_indexes(engine).ok  # the indexes a first load defers are all there
 
 
 def test_an_empty_input_is_a_failure(engine, tmp_path):
@@ -221,3 +223,24 @@ def test_reject_files_go_where_the_run_can_write_one_per_run(tmp_path):
         path = work / f"mixed.dat.run{run_id}.rejects"
         assert summary_rows(result.stdout)["rejected"] == f"{len(BAD)}  -> {path}"
         assert [int(r.split("\t")[0]) for r in path.read_text().splitlines()] == sorted(expected)
+
+
+def test_runs_of_two_databases_and_two_dry_runs_keep_a_reject_file_each(tmp_path):
+    """Run 1 of one database and run 1 of another, from one working directory: neither
+    overwrites (or deletes) the other's file; none goes beside the (writable) input."""
+    dumps, work, databases = tmp_path / "dumps", tmp_path / "work", tmp_path / "databases"
+    for folder in (dumps, work, databases):
+        folder.mkdir()
+    mixed, expected, _ = mixed_dump(dumps)
+    def run(*args):
+        return subprocess.run([sys.executable, ROOT / "valdimport.py", *args, "--file", mixed], cwd=work,
+                              env=cli_env(), capture_output=True, text=True)
+    results = [run("--database-url", f"sqlite:///{databases}/{name}.sqlite3", "import") for name in "ab"]
+    results += [run("import", "--dry-run") for _ in range(2)]
+    assert [r.returncode for r in results] == [3, 3, 3, 3], [r.stderr for r in results]
+    paths = [work / "mixed.dat.run1.rejects", work / "mixed.dat.run1-2.rejects",
+             work / "mixed.dat.dry-run.rejects", work / "mixed.dat.dry-run-2.rejects"]
+    for result, path in zip(results, paths):
+        assert summary_rows(result.stdout)["rejected"] == f"{len(BAD)}  -> {path}"
+        assert [int(r.split("\t")[0]) for r in path.read_text().splitlines()] == sorted(expected)
+    assert sorted(p.name for p in tmp_path.rglob("*.rejects")) == sorted(p.name for p in paths)

@@ -146,6 +146,8 @@ def test_another_input_over_an_import_is_refused_unless_append_or_clear(engine, 
         assert "--append adds its transitions to those, --clear replaces them" in err, name
     err = one_line_refusal(run_cli("import", url=url, stdin=b"".join(changed), cwd=tmp_path))
     assert "standard input differs from the input of run" in err and "--clear" in err
+    err = one_line_refusal(run_cli("import", "--append", url=url, stdin=b"".join(changed), cwd=tmp_path))
+    assert "a pipe cannot be read again" in err and "rerun with --restart instead of --append" in err
     assert content(engine) == before
     appended = run_cli("import", "--file", others["revised"], "--append", url=url, cwd=tmp_path)
     assert appended.returncode == 0 and summary_rows(appended.stdout.decode())["transitions"] == "2,000"
