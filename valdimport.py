@@ -2067,6 +2067,71 @@ def _batch(digest, number, data, offset):
     return Batch(number, data, data.count(b"\n"), offset, digest.sha.hexdigest(), dict(digest.checkpoints))
 
 
+class UncheckedTail:
+    """The lines of an input after its last checkpoint (see is_part_of), whose digest was
+    never recorded: an input that ends inside what a run committed is a part of that
+    run's input only if each of these records is stored as it reads here."""
+
+    LIMIT = 64 << 20  # bytes kept; a longer tail cannot be checked
+
+    def __init__(self):
+        self.batches, self.checkpoints, self.size = [], 0, 0
+
+    def add(self, batch: Batch):
+        if len(batch.checkpoints) > self.checkpoints:  # a checkpoint inside: the tail starts here
+            self.batches, self.size, self.checkpoints = [], 0, len(batch.checkpoints)
+        self.size += len(batch.data)
+        self.batches.append(batch if self.size <= self.LIMIT else None)
+
+    def records(self):
+        """(line number, data line, reference line or None) from the line the last
+        checkpoint falls in (with its data line when that is a reference line)."""
+        first = self.batches[0]
+        checkpoint = max(first.checkpoints, default=0) - (first.end_offset - len(first.data))
+        start = first.data.rfind(b"\n", 0, max(checkpoint, 0)) + 1
+        if _LOWERCASE[first.data[start]] and start:
+            start = first.data.rfind(b"\n", 0, start - 1) + 1
+        number = first.first_line + first.data.count(b"\n", 0, start)
+        lines = b"".join([first.data[start:]] + [b.data for b in self.batches[1:]]).splitlines(keepends=True)
+        for i, line in enumerate(lines):
+            if not _LOWERCASE[line[0]] or line.strip() == b"":
+                ref = lines[i + 1] if i + 1 < len(lines) and _LOWERCASE[lines[i + 1][0]] else None
+                yield number + i, line, ref
+
+    def check_stored(self, using: str, config: "ParseConfig", skip_header: int):
+        """Raise PrefixMismatch at the first record that is not stored as it reads here
+        (a line rejected here stores nothing either way)."""
+        if None in self.batches:
+            raise UsageError(f"the input ends inside what an earlier run imported, but its last "
+                             f"{self.size:,} bytes, after the last digest that run recorded, are too many "
+                             f"to compare with the database: {option('restart')} adds all of it as a new "
+                             f"run, {option('clear')} replaces what is imported with it")
+        for number, data, ref in self.records() if self.batches else ():
+            if number <= skip_header or data.startswith(b"#") or not data.strip():
+                continue
+            try:
+                check_complete(data, ref)
+                record = oracle_record(data, ref, config)
+            except RejectedLine:
+                continue
+            if not transition_is_stored(using, record):
+                raise PrefixMismatch(number)
+
+
+def transition_is_stored(using: str, record: Record) -> bool:
+    """A transition with these levels and the values the dump gives (not those computed
+    or set by the line lists) is stored."""
+    from node_atom.models import State, Transition
+    levels = [State.objects.using(using).filter(
+        species_id=level["species_id"], energy_scaled=level["energy_scaled"],
+        J_scaled=level["J_scaled"]).values_list("id", flat=True).first()
+        for level in (record.lower, record.upper)]
+    given = {column: value for column, value in record.transition.items()
+             if column not in ("einsteina", "wave_method")}
+    return None not in levels and Transition.objects.using(using).filter(
+        lostate_id=levels[0], upstate_id=levels[1], **given).exists()
+
+
 class PrefixMismatch(Exception):
     """The input does not continue the way the run being compared with did (``ended``: it
     ended before the position compared, so it may be a part of that run's input)."""
@@ -3948,10 +4013,11 @@ class BatchImport:
                 first = next(checked, None)  # a dump, checked before any table changes
                 pairs = itertools.chain([first] if first is not None else [], checked)
             else:
-                batch = None
+                batch, tail = None, UncheckedTail()
                 try:
                     for batch in batches:  # re-reading what an earlier run committed
                         prefix_lines += batch.line_count
+                        tail.add(batch)
                         _advance(progress, self.inp)
                         if batch.end_offset == stop_at:
                             self._continue_after(batch, prefix_lines)
@@ -3959,6 +4025,7 @@ class BatchImport:
                 except PrefixMismatch as mismatch:
                     if mismatch.ended and batch is not None and self.ledger.is_part_of(
                             self.ledger.candidate, batch.end_offset, batch.checkpoints):
+                        tail.check_stored(self.using, self.config, self.options.skip_header)
                         return self._part_of_candidate(prefix_lines)
                     raise
             if self.ledger.candidate is None:

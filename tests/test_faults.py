@@ -247,3 +247,27 @@ def test_a_batch_whose_commit_answer_was_lost_is_not_stored_again(engine, long_d
     assert lost, "no commit lost its answer"
     assert summary.tally.rejected == 0
     assert content(engine) == expected
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_connection_a_retry_opens_is_tuned_like_the_first(tmp_path, monkeypatch):
+    """The batch retried after "database is locked" runs on a fresh connection, with the
+    import's settings (Django begins a transaction before the writer could set them)."""
+    seen, failed = [], []
+    insert = vi.SQLiteWriter.insert_transitions
+
+    def insert_noting_the_connection(self, cursor, *args, **kwargs):
+        raw = self.connection.connection
+        seen.append((id(raw), raw.execute("PRAGMA synchronous").fetchone()[0],
+                     raw.execute("PRAGMA wal_autocheckpoint").fetchone()[0]))
+        if len(seen) == 2 and not failed:
+            failed.append(True)
+            raise sqlite3.OperationalError("database is locked")
+        return insert(self, cursor, *args, **kwargs)
+
+    monkeypatch.setattr(vi.SQLiteWriter, "insert_transitions", insert_noting_the_connection)
+    summary = vi.import_dump(str(SAMPLE), using="default", batch_size=500, workers=0,
+                             reject_file=str(tmp_path / "rej"))
+    assert failed and "locked" in summary_rows(summary.table())["retries"]
+    assert len({connection for connection, *_ in seen}) >= 2  # the retry's own connection
+    assert {tuple(settings) for _, *settings in seen} == {(1, vi.SQLiteWriter.WAL_PAGES)}  # NORMAL

@@ -174,10 +174,24 @@ def test_a_part_of_an_imported_input_finds_nothing_new(engine, tmp_path, sample_
     assert content(engine) == before
 
 
-def test_a_part_with_a_changed_line_is_another_input(engine, tmp_path, sample_lines):
+@pytest.mark.parametrize("changed", [600, 994, 1000])
+def test_a_part_with_a_changed_line_is_another_input(engine, tmp_path, sample_lines, changed):
+    """Also in the part's last lines, after the last digest the run recorded."""
     url = database_url(engine)
     assert run_cli("import", "--file", SAMPLE, url=url, cwd=tmp_path).returncode == 0
     part = sample_lines[:1002]
-    part[600] = part[600][:36] + b"  -9.999" + part[600][44:]
+    assert not part[changed][:1].islower()  # a data line
+    part[changed] = part[changed][:36] + b"  -9.999" + part[changed][44:]
     err = one_line_refusal(run_cli("import", url=url, stdin=b"".join(part), cwd=tmp_path))
     assert "standard input differs from the input of run" in err
+
+
+def test_a_part_whose_unchecked_end_is_too_long_to_compare_is_refused(engine, tmp_path, sample_lines,
+                                                                      monkeypatch):
+    import valdimport as vi
+    monkeypatch.setattr(vi.UncheckedTail, "LIMIT", 1000)  # bytes: less than the part's last lines
+    vi.import_dump(str(SAMPLE), using=engine)
+    part = tmp_path / "part.dat"
+    part.write_bytes(b"".join(sample_lines[:1002]))
+    with pytest.raises(vi.UsageError, match="are too many to compare with the database"):
+        vi.import_dump(str(part), using=engine, reject_file=str(tmp_path / "rej"))
