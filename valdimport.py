@@ -3030,10 +3030,13 @@ class DatabaseLock:
     and reopen the writer's. SQLite: flock on ``DATABASE.lock`` beside the database
     (not on the database file: closing a descriptor of it would drop SQLite's own
     locks). The lock goes with the session or the process: a killed run leaves none.
+    The holder publishes who it is beside the lock (see _publish), for a command that
+    finds it taken before the holder has a run (or when it makes none).
     """
 
-    def __init__(self, using: str):
+    def __init__(self, using: str, command: str = "command"):
         self.using, self.vendor = using, connections[using].vendor
+        self.me = f"valdimport {command} (pid {os.getpid()} on {_host()})"
         self._session, self._held = None, False  # PostgreSQL, MySQL: the lock's connection
         self._file = None  # SQLite: the locked file's descriptor
 
@@ -3060,6 +3063,8 @@ class DatabaseLock:
         cursor = self._session.cursor()
         cursor.execute(self.SESSION_LOCKS[self.vendor][0], [self._key()])
         self._held = bool(cursor.fetchone()[0])
+        if self._held:
+            self._publish()
         return self._held
 
     SESSION_LOCKS = {"postgresql": ("SELECT pg_try_advisory_lock(%s)", "SELECT pg_advisory_unlock(%s)"),
@@ -3071,12 +3076,15 @@ class DatabaseLock:
         name = str(connections[self.using].settings_dict["NAME"])
         return "valdimport:" + (name if len(name) <= 53 else hashlib.sha1(name.encode()).hexdigest())
 
+    def _lock_file(self) -> str | None:
+        name = str(connections[self.using].settings_dict["NAME"])
+        return None if name in ("", ":memory:") or name.startswith("file:") else name + ".lock"
+
     def _try_file(self) -> bool:
         import fcntl
-        name = str(connections[self.using].settings_dict["NAME"])
-        if name in ("", ":memory:") or name.startswith("file:"):
+        path = self._lock_file()
+        if path is None:
             return True  # in memory: this process's alone
-        path = name + ".lock"
         while True:
             try:
                 fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -3091,12 +3099,14 @@ class DatabaseLock:
                 return False
             if _same_file(fd, path):
                 self._file, self.path = fd, path
+                self._publish()
                 return True
             os.close(fd)  # its holder removed it after we opened it: lock the new one
 
     def holder(self) -> str:
         """The run holding the lock, from import_runs: the latest one whose process is
-        alive (on this host; elsewhere, still running), its housekeeping perhaps."""
+        alive (on this host; elsewhere, still running), its housekeeping perhaps; else the
+        command as it published itself (it has no run yet, or makes none)."""
         from node_common.models import ImportRun
         try:
             runs = list(ImportRun.objects.using(self.using).order_by("-updated_at")[:20])
@@ -3105,7 +3115,56 @@ class DatabaseLock:
         for run in runs:
             if _process_alive(run) if run.host == _host() else run.status == ImportRun.RUNNING:
                 return f"run {run.id} ({run.command} {run.input_name}, pid {run.pid} on {run.host})"
+        with contextlib.suppress(Exception):  # the holder just released it, or the server cannot tell
+            published = self._published()
+            if published and published.startswith("valdimport "):
+                return published
         return "another valdimport command"
+
+    def _publish(self):
+        """Say who holds the lock where another command reads it without the schema: in
+        the lock file, as the lock session's application_name (at most 63 bytes), or as
+        a second MySQL lock named after the holder (at most 64 characters)."""
+        with contextlib.suppress(Exception):  # the lock matters; the holder's name is a courtesy
+            if self.vendor == "sqlite":
+                os.ftruncate(self._file, 0)
+                os.pwrite(self._file, self.me.encode(), 0)
+            elif self.vendor == "postgresql":
+                self._session.cursor().execute("SELECT set_config('application_name', %s, false)",
+                                               [_shortened(self.me, 63)])
+            else:
+                self._session.cursor().execute("SELECT GET_LOCK(%s, 0)", [_shortened(self.me, 64)])
+
+    # A MySQL holder's second lock is found only where the server lists named locks
+    # (performance_schema on, MariaDB's metadata_lock_info plugin); else only its connection is.
+    MYSQL_HOLDER = ("SELECT m.OBJECT_NAME FROM performance_schema.metadata_locks m JOIN "
+                    "performance_schema.threads t ON t.THREAD_ID = m.OWNER_THREAD_ID WHERE "
+                    "m.OBJECT_TYPE = 'USER LEVEL LOCK' AND t.PROCESSLIST_ID = IS_USED_LOCK(%s)",
+                    "SELECT TABLE_SCHEMA FROM information_schema.METADATA_LOCK_INFO "
+                    "WHERE LOCK_TYPE = 'User lock' AND THREAD_ID = IS_USED_LOCK(%s)",
+                    "SELECT CONCAT('valdimport command (connection ', ID, ' from ', HOST, ')') "
+                    "FROM information_schema.PROCESSLIST WHERE ID = IS_USED_LOCK(%s)")
+    PG_HOLDER = ("SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                 "WHERE l.locktype = 'advisory' AND l.granted AND a.datname = current_database() "
+                 "AND l.classid = %s AND l.objid = %s AND l.objsubid = 1")  # a bigint key's halves
+
+    def _published(self) -> str | None:
+        """What the holder published of itself (see _publish)."""
+        if self.vendor == "sqlite":
+            with open(self._lock_file(), encoding="utf-8", errors="replace") as f:
+                return f.readline(300).strip()
+        cursor = self._session.cursor()
+        if self.vendor == "postgresql":
+            cursor.execute(self.PG_HOLDER, [(_LOCK_KEY >> 32) & 0xFFFFFFFF, _LOCK_KEY & 0xFFFFFFFF])
+            row = cursor.fetchone()
+            return row and row[0]
+        for query in self.MYSQL_HOLDER:
+            with contextlib.suppress(Exception):  # a table this server lacks
+                cursor.execute(query, [self._key()])
+                names = [name for name, in cursor.fetchall() if name and name.startswith("valdimport ")]
+                if names:
+                    return names[0]
+        return None
 
     def check(self):
         """After the database was unreachable: its session, and the lock with it, may be
@@ -3139,6 +3198,10 @@ class DatabaseLock:
             self._session, self._held = None, False
 
 
+def _shortened(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit - 4] + "...)"  # host names are ASCII
+
+
 def _same_file(fd: int, path: str) -> bool:
     try:
         status = os.stat(path)
@@ -3149,12 +3212,13 @@ def _same_file(fd: int, path: str) -> bool:
 
 
 @contextlib.contextmanager
-def database_lock(using: str, wait: bool = False):
-    """Hold the database's lock (see DatabaseLock) meanwhile; a holder may take it again."""
+def database_lock(using: str, wait: bool = False, command: str = "command"):
+    """Hold the database's lock (see DatabaseLock) for ``command`` meanwhile; a holder may
+    take it again."""
     if using in _held_locks:
         yield
         return
-    lock = DatabaseLock(using)
+    lock = DatabaseLock(using, command)
     try:
         lock.acquire(wait)
         _held_locks[using] = lock
@@ -4916,7 +4980,7 @@ def run_import(command: str, source: str = "-", *, using: str = DEFAULT_DB_ALIAS
         summary = _dry_run(command, Input(source), using, options)
     else:
         connect_database(using)
-        with database_lock(using, options.wait), writable(using):
+        with database_lock(using, options.wait, command), writable(using):
             if options.fast:
                 summary = FastLoad(command, source, using, options).run()
             else:
@@ -5578,7 +5642,7 @@ def run_companion(command: str, source: str = "-", *, using: str = DEFAULT_DB_AL
     options = options or ImportOptions()
     require_input(source, file_only="import-hfs" if command == "import-hfs" else None)  # SQLite
     connect_database(using)
-    with database_lock(using, options.wait), writable(using):
+    with database_lock(using, options.wait, command), writable(using):
         return _import_companion(command, source, using, options)
 
 
@@ -5802,7 +5866,7 @@ def run_operation(command: str, using: str = DEFAULT_DB_ALIAS, options: ImportOp
     options = options or ImportOptions()
     require_schema(using)
     if command in LOCKING_OPERATIONS and (command != "check-indexes" or options.fix):
-        with database_lock(using, options.wait), writable(using):
+        with database_lock(using, options.wait, command), writable(using):
             return _run_operation(command, using, options, file)
     return _run_operation(command, using, options, file)
 

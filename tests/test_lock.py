@@ -2,6 +2,7 @@
 stops at once naming the run that holds the lock; either way every line is stored once."""
 import contextlib
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -112,3 +113,55 @@ def test_an_operation_that_writes_stops_or_waits_as_its_message_says(empty_datab
     code, out, err = finish(waiting)
     assert code == 0, err
     assert out.startswith("housekeeping: ")
+
+
+HOLD = """import sys
+sys.path.insert(0, sys.argv[1])
+import valdimport
+valdimport.configure_django(sys.argv[2])
+with valdimport.database_lock("default", command="housekeeping"):
+    print("locked", flush=True)
+    sys.stdin.read()
+"""
+
+
+def holder_named(url, pid):
+    """How a second command names a holder without a run: by what it published beside the
+    lock; on a MySQL server that lists no named locks, by its connection alone."""
+    if url.startswith("mysql") and not lists_named_locks(url):
+        return r"valdimport command \(connection \d+ from [^)]+\)"
+    return re.escape(f"valdimport housekeeping (pid {pid} on {socket.gethostname()})")
+
+
+def lists_named_locks(url):
+    """Whether the MySQL server lists named locks: performance_schema with its metadata lock
+    instrument (MySQL's default; MariaDB's is off), or MariaDB's metadata_lock_info plugin."""
+    for query in ("SELECT @@performance_schema AND ENABLED = 'YES' FROM performance_schema"
+                  ".setup_instruments WHERE NAME = 'wait/lock/metadata/sql/mdl'",
+                  "SELECT COUNT(*) + 1 FROM information_schema.METADATA_LOCK_INFO"):
+        with contextlib.suppress(Exception):  # a table this server lacks
+            if scalar(url, query):
+                return True
+    return False
+
+
+def test_a_holder_without_a_run_is_named_by_its_pid_and_host(empty_database, dump):
+    """A command holding the lock before it has a run (creating the schema), or one that makes
+    none (housekeeping, rollback), is named all the same: pid and host, in one line."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(ROOT), empty_database], env=cli_env(),
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        refused = run_cli("import", "--file", dump, url=empty_database)
+        waiting = start(empty_database, dump, "--wait")
+        waited = waiting.stderr.readline()
+    finally:
+        holder.communicate(timeout=60)  # closing its input ends it, and the lock with it
+    err = refused.stderr.decode()
+    name = holder_named(empty_database, holder.pid)
+    assert refused.returncode == 2 and err.count("\n") == 1, err
+    assert re.fullmatch(f"valdimport: error: {name} is writing to .*; rerun with --wait .*\n", err), err
+    assert re.fullmatch(f"valdimport: waiting for {name} to finish\n", waited), waited
+    code, out, err = finish(waiting)
+    assert code == 0, err
+    assert summary_rows(out)["transitions"] == f"{RECORDS:,}"
