@@ -2075,37 +2075,42 @@ class UncheckedTail:
     LIMIT = 64 << 20  # bytes kept; a longer tail cannot be checked
 
     def __init__(self):
-        self.batches, self.checkpoints, self.size = [], 0, 0
+        self.batches, self.previous, self.checkpoints, self.too_long = [], None, 0, False
 
     def add(self, batch: Batch):
-        if len(batch.checkpoints) > self.checkpoints:  # a checkpoint inside: the tail starts here
-            self.batches, self.size, self.checkpoints = [], 0, len(batch.checkpoints)
-        self.size += len(batch.data)
-        self.batches.append(batch if self.size <= self.LIMIT else None)
+        if len(batch.checkpoints) > self.checkpoints:  # the last checkpoint so far is in this batch
+            # with the batch before: the line it falls in may be a reference line that begins it
+            self.batches, self.checkpoints, self.too_long = [self.previous] * bool(self.previous), \
+                len(batch.checkpoints), False
+        self.previous = batch
+        if not self.too_long:
+            self.batches.append(batch)
+            self.too_long = sum(len(b.data) for b in self.batches) > self.LIMIT
+            self.batches = [] if self.too_long else self.batches
 
     def records(self):
         """(line number, data line, reference line or None) from the line the last
-        checkpoint falls in (with its data line when that is a reference line)."""
-        first = self.batches[0]
-        checkpoint = max(first.checkpoints, default=0) - (first.end_offset - len(first.data))
-        start = first.data.rfind(b"\n", 0, max(checkpoint, 0)) + 1
-        if _LOWERCASE[first.data[start]] and start:
-            start = first.data.rfind(b"\n", 0, start - 1) + 1
-        number = first.first_line + first.data.count(b"\n", 0, start)
-        lines = b"".join([first.data[start:]] + [b.data for b in self.batches[1:]]).splitlines(keepends=True)
+        checkpoint falls in (from its data line when that is a reference line)."""
+        data = b"".join(b.data for b in self.batches)
+        checkpoint = max(self.batches[-1].checkpoints, default=0) - (self.batches[-1].end_offset - len(data))
+        start = data.rfind(b"\n", 0, max(checkpoint, 0)) + 1
+        if 0 < start < len(data) and _LOWERCASE[data[start]]:
+            start = data.rfind(b"\n", 0, start - 1) + 1
+        lines = data[start:].splitlines(keepends=True)
+        number = self.batches[0].first_line + data.count(b"\n", 0, start)
         for i, line in enumerate(lines):
-            if not _LOWERCASE[line[0]] or line.strip() == b"":
+            if not _LOWERCASE[line[0]]:
                 ref = lines[i + 1] if i + 1 < len(lines) and _LOWERCASE[lines[i + 1][0]] else None
                 yield number + i, line, ref
 
     def check_stored(self, using: str, config: "ParseConfig", skip_header: int):
         """Raise PrefixMismatch at the first record that is not stored as it reads here
         (a line rejected here stores nothing either way)."""
-        if None in self.batches:
-            raise UsageError(f"the input ends inside what an earlier run imported, but its last "
-                             f"{self.size:,} bytes, after the last digest that run recorded, are too many "
-                             f"to compare with the database: {option('restart')} adds all of it as a new "
-                             f"run, {option('clear')} replaces what is imported with it")
+        if self.too_long:
+            raise UsageError(f"the input ends inside what an earlier run imported, but its last lines, "
+                             f"after the last digest that run recorded, are too many to compare with the "
+                             f"database (over {self.LIMIT:,} bytes): {option('restart')} adds all of it as "
+                             f"a new run, {option('clear')} replaces what is imported with it")
         for number, data, ref in self.records() if self.batches else ():
             if number <= skip_header or data.startswith(b"#") or not data.strip():
                 continue
@@ -3123,8 +3128,8 @@ class DatabaseLock:
 
     def _publish(self):
         """Say who holds the lock where another command reads it without the schema: in
-        the lock file, as the lock session's application_name (at most 63 bytes), or as
-        a second MySQL lock named after the holder (at most 64 characters)."""
+        the lock file, as the lock session's application_name (at most 63 bytes), or, on
+        MySQL, whose named locks show only their connection, in a table of its own."""
         with contextlib.suppress(Exception):  # the lock matters; the holder's name is a courtesy
             if self.vendor == "sqlite":
                 os.ftruncate(self._file, 0)
@@ -3133,17 +3138,13 @@ class DatabaseLock:
                 self._session.cursor().execute("SELECT set_config('application_name', %s, false)",
                                                [_shortened(self.me, 63)])
             else:
-                self._session.cursor().execute("SELECT GET_LOCK(%s, 0)", [_shortened(self.me, 64)])
+                cursor = self._session.cursor()
+                cursor.execute(f"CREATE TABLE IF NOT EXISTS {MYSQL_HOLDERS} (connection_id BIGINT "
+                               "PRIMARY KEY, holder VARCHAR(255) NOT NULL)")
+                cursor.execute(f"REPLACE INTO {MYSQL_HOLDERS} VALUES (CONNECTION_ID(), %s)",
+                               [_shortened(self.me, 255)])
+                self._session.commit()
 
-    # A MySQL holder's second lock is found only where the server lists named locks
-    # (performance_schema on, MariaDB's metadata_lock_info plugin); else only its connection is.
-    MYSQL_HOLDER = ("SELECT m.OBJECT_NAME FROM performance_schema.metadata_locks m JOIN "
-                    "performance_schema.threads t ON t.THREAD_ID = m.OWNER_THREAD_ID WHERE "
-                    "m.OBJECT_TYPE = 'USER LEVEL LOCK' AND t.PROCESSLIST_ID = IS_USED_LOCK(%s)",
-                    "SELECT TABLE_SCHEMA FROM information_schema.METADATA_LOCK_INFO "
-                    "WHERE LOCK_TYPE = 'User lock' AND THREAD_ID = IS_USED_LOCK(%s)",
-                    "SELECT CONCAT('valdimport command (connection ', ID, ' from ', HOST, ')') "
-                    "FROM information_schema.PROCESSLIST WHERE ID = IS_USED_LOCK(%s)")
     PG_HOLDER = ("SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
                  "WHERE l.locktype = 'advisory' AND l.granted AND a.datname = current_database() "
                  "AND l.classid = %s AND l.objid = %s AND l.objsubid = 1")  # a bigint key's halves
@@ -3156,15 +3157,11 @@ class DatabaseLock:
         cursor = self._session.cursor()
         if self.vendor == "postgresql":
             cursor.execute(self.PG_HOLDER, [(_LOCK_KEY >> 32) & 0xFFFFFFFF, _LOCK_KEY & 0xFFFFFFFF])
-            row = cursor.fetchone()
-            return row and row[0]
-        for query in self.MYSQL_HOLDER:
-            with contextlib.suppress(Exception):  # a table this server lacks
-                cursor.execute(query, [self._key()])
-                names = [name for name, in cursor.fetchall() if name and name.startswith("valdimport ")]
-                if names:
-                    return names[0]
-        return None
+        else:
+            cursor.execute(f"SELECT holder FROM {MYSQL_HOLDERS} WHERE connection_id = IS_USED_LOCK(%s)",
+                           [self._key()])
+        row = cursor.fetchone()
+        return row and row[0]
 
     def check(self):
         """After the database was unreachable: its session, and the lock with it, may be
@@ -3192,10 +3189,17 @@ class DatabaseLock:
         if self._session is not None:  # the session may be gone with the server
             if self._held:  # at once: the server frees it only once it notices the end
                 with contextlib.suppress(Exception):
+                    if self.vendor == "mysql":
+                        self._session.cursor().execute(
+                            f"DELETE FROM {MYSQL_HOLDERS} WHERE connection_id = CONNECTION_ID()")
+                        self._session.commit()
                     self._session.cursor().execute(self.SESSION_LOCKS[self.vendor][1], [self._key()])
             with contextlib.suppress(Exception):
                 self._session.close()
             self._session, self._held = None, False
+
+
+MYSQL_HOLDERS = "valdimport_lock_holders"  # connection -> who it is (see DatabaseLock._publish)
 
 
 def _shortened(text: str, limit: int) -> str:
@@ -3783,10 +3787,10 @@ def default_reject_path(input_name: str, run_id: int | None, using: str | None =
     folders.append(tempfile.gettempdir())
     folder = next((f for f in folders if os.access(f, os.W_OK)), folders[0])
     stem = os.path.join(folder, f"{name}.run{run_id}" if run_id else f"{name}.dry-run")
+    if not reserve:
+        return f"{stem}.rejects"
     for number in itertools.count(1):
         path = f"{stem}.rejects" if number == 1 else f"{stem}-{number}.rejects"
-        if not reserve:
-            return path
         try:
             os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
             return path
@@ -5420,8 +5424,7 @@ class HyperfineFile:
 
     def __init__(self, path: str, tolerance: float = 1.0):
         import sqlite3
-        require_input(path, file_only="import-hfs")
-        self.path, self.tolerance = str(path), tolerance
+        self.path, self.tolerance = str(path), tolerance  # checked by require_input
         # read-only: a mistyped name never creates an empty database
         self.db = sqlite3.connect(Path(self.path).absolute().as_uri() + "?mode=ro", uri=True)
         try:

@@ -125,24 +125,8 @@ with valdimport.database_lock("default", command="housekeeping"):
 """
 
 
-def holder_named(url, pid):
-    """How a second command names a holder without a run: by what it published beside the
-    lock; on a MySQL server that lists no named locks, by its connection alone."""
-    if url.startswith("mysql") and not lists_named_locks(url):
-        return r"valdimport command \(connection \d+ from [^)]+\)"
+def holder_named(pid):
     return re.escape(f"valdimport housekeeping (pid {pid} on {socket.gethostname()})")
-
-
-def lists_named_locks(url):
-    """Whether the MySQL server lists named locks: performance_schema with its metadata lock
-    instrument (MySQL's default; MariaDB's is off), or MariaDB's metadata_lock_info plugin."""
-    for query in ("SELECT @@performance_schema AND ENABLED = 'YES' FROM performance_schema"
-                  ".setup_instruments WHERE NAME = 'wait/lock/metadata/sql/mdl'",
-                  "SELECT COUNT(*) + 1 FROM information_schema.METADATA_LOCK_INFO"):
-        with contextlib.suppress(Exception):  # a table this server lacks
-            if scalar(url, query):
-                return True
-    return False
 
 
 def test_a_holder_without_a_run_is_named_by_its_pid_and_host(empty_database, dump):
@@ -158,7 +142,7 @@ def test_a_holder_without_a_run_is_named_by_its_pid_and_host(empty_database, dum
     finally:
         holder.communicate(timeout=60)  # closing its input ends it, and the lock with it
     err = refused.stderr.decode()
-    name = holder_named(empty_database, holder.pid)
+    name = holder_named(holder.pid)
     assert refused.returncode == 2 and err.count("\n") == 1, err
     assert re.fullmatch(f"valdimport: error: {name} is writing to .*; rerun with --wait .*\n", err), err
     assert re.fullmatch(f"valdimport: waiting for {name} to finish\n", waited), waited
