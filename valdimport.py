@@ -2422,6 +2422,12 @@ class SQLiteWriter(Writer):
     ROWS_PER_INSERT = 50
     ROWS_PER_CALL = 1000  # the Python values of this many rows at a time
     WAL_PAGES = 20000
+    # Checkpoint every 80 MB of WAL, not 4: every batch rewrites most pages of the
+    # levels' unique index (its keys arrive in random order), and a checkpoint copies
+    # each page once however often it was rewritten (2.3 of 20 s saved on the
+    # benchmark's million-level dump).
+    PRAGMAS = ("synchronous=NORMAL", "cache_size=-16384", "temp_store=MEMORY",  # 16 MB of pages
+               f"wal_autocheckpoint={WAL_PAGES}")
 
     def _insert(self, cursor, table, columns, rows, *slots):
         width = len(columns)
@@ -2462,14 +2468,8 @@ class SQLiteWriter(Writer):
     def _tune(self, raw):
         if self._synchronous is None:
             self._synchronous = raw.execute("PRAGMA synchronous").fetchone()[0]
-        raw.execute("PRAGMA synchronous=NORMAL")
-        raw.execute("PRAGMA cache_size=-16384")  # 16 MB of pages
-        raw.execute("PRAGMA temp_store=MEMORY")
-        # Checkpoint every 80 MB of WAL, not 4: every batch rewrites most pages of the
-        # levels' unique index (its keys arrive in random order), and a checkpoint
-        # copies each page once however often it was rewritten (2.3 of 20 s saved on
-        # the benchmark's million-level dump).
-        raw.execute(f"PRAGMA wal_autocheckpoint={self.WAL_PAGES}")
+        for pragma in self.PRAGMAS:
+            raw.execute("PRAGMA " + pragma)
 
     def _prepare_connection(self):
         raw = self.connection.connection

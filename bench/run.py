@@ -189,8 +189,7 @@ def level_store_seconds(engine, url, batches) -> dict | None:
         import sqlite3
         connection = sqlite3.connect(str(OUT / "bench.sqlite3"), isolation_level=None)
         cursor = connection.cursor()
-        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "cache_size=-16384",
-                       f"wal_autocheckpoint={valdimport.SQLiteWriter.WAL_PAGES}"):
+        for pragma in ("journal_mode=WAL", *valdimport.SQLiteWriter.PRAGMAS):
             cursor.execute("PRAGMA " + pragma)  # as the import's writer has them
         ddl = cursor.execute("SELECT sql FROM sqlite_master WHERE name = 'states'").fetchone()[0]
         unique = re.search(r', CONSTRAINT "states_level_unique" UNIQUE \([^)]*\)', ddl)[0]
