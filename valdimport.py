@@ -2083,10 +2083,11 @@ class UncheckedTail:
             self.batches, self.checkpoints, self.too_long = [self.previous] * bool(self.previous), \
                 len(batch.checkpoints), False
         self.previous = batch
-        if not self.too_long:
-            self.batches.append(batch)
-            self.too_long = sum(len(b.data) for b in self.batches) > self.LIMIT
-            self.batches = [] if self.too_long else self.batches
+        if self.too_long:
+            return
+        self.batches.append(batch)
+        if sum(len(b.data) for b in self.batches) > self.LIMIT:
+            self.batches, self.too_long = [], True
 
     def records(self):
         """(line number, data line, reference line or None) from the line the last
@@ -5382,28 +5383,27 @@ def _reference_rows(text, using, tally, reject):
     seen = FirstOccurrence("key")
     for block in library.blocks:
         tally.lines_read += 1
+        line, one_line = block.start_line + 1, block.raw.replace("\n", " ")
+        key, bibtex = None, block.raw
         if isinstance(block, model.Entry) and len(block.key) > longest:
-            bad.append((block.start_line + 1, f"key longer than {longest} characters",
-                        block.raw.replace("\n", " ")))
+            bad.append((line, f"key longer than {longest} characters", one_line))
         elif isinstance(block, model.Entry):
-            if not seen.is_repeat(block.key, block.start_line + 1, block.raw.replace("\n", " "), bad):
-                refs.append(Reference(id=block.key, bibtex=block.raw))
-                tally.imported += 1
+            key = block.key
         elif isinstance(block, model.DuplicateBlockKeyBlock):
             seen.first_line[block.key] = block.previous_block.start_line + 1
-            seen.is_repeat(block.key, block.start_line + 1, block.raw.replace("\n", " "), bad)
-        elif isinstance(block, model.ParsingFailedBlock) and (key := _unreadable_entry_key(block, longest)):
+            seen.is_repeat(block.key, line, one_line, bad)
+        elif isinstance(block, model.ParsingFailedBlock) and (unread := _unreadable_entry_key(block, longest)):
             # an entry bibtexparser cannot read, under a key the dump may cite: kept, with
             # the minimal XSAMS source that the summary counts
-            if not seen.is_repeat(key, block.start_line + 1, block.raw.replace("\n", " "), bad):
-                refs.append(Reference(id=key, bibtex=block.raw.rstrip()))  # up to the next block
-                tally.imported += 1
+            key, bibtex = unread, block.raw.rstrip()  # up to the next block
         elif isinstance(block, model.ParsingFailedBlock):
             reason = getattr(block.error, "abort_reason", "") or _first_line(block.error)
-            bad.append((block.start_line + 1, f"not a BibTeX entry: {reason.strip()}",
-                        block.raw.replace("\n", " ")))
+            bad.append((line, f"not a BibTeX entry: {reason.strip()}", one_line))
         else:
             tally.skipped[kinds.get(type(block), "other")] += 1
+        if key is not None and not seen.is_repeat(key, line, one_line, bad):
+            refs.append(Reference(id=key, bibtex=bibtex))
+            tally.imported += 1
     tally.rejected += len(bad)
     reject(bad)
     sources = _add_source_xml(refs)
