@@ -78,8 +78,6 @@ class State(models.Model):
         db_table = "states"
         constraints = [models.UniqueConstraint(
             fields=["species", "energy_scaled", "J_scaled"], name="states_level_unique")]
-        indexes = [models.Index(fields=["species", "energy_scaled"],
-                                name="states_species_energy_idx")]
 
 
 class HyperfineMatch(models.Model):

@@ -28,7 +28,7 @@ def test_fast_import_equals_the_plain_path_with_every_index_back(engine):
     phases = [name for name, _, _ in summary.phases]
     assert phases[:6] == ["clear", "drop indexes", "level index", "parse", "levels", "transitions"]
     assert {"crash safety back", "indexes", "verify", "ground states"} <= set(phases)
-    assert dict((name, rows) for name, rows, _ in summary.phases)["indexes"] == 5
+    assert dict((name, rows) for name, rows, _ in summary.phases)["indexes"] == 4
 
 
 def test_fast_two_passes_equal_the_plain_two_passes(engine):

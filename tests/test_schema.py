@@ -72,3 +72,35 @@ def test_a_database_of_the_previous_schema_migrates_in_place_keeping_its_rows(en
     vi.housekeeping(engine, rebuild_xml=True)
     assert Reference.objects.using(engine).get().xml.startswith('<Source sourceID="Bvald-K14">')
     assert {c.name: c.count for c in vi.database_checks(engine)}[check] == 0
+
+
+LOOKUP = "SELECT id FROM states WHERE species_id = 2601 AND energy_scaled BETWEEN 10000000 AND 10020000"
+
+
+def lookup_plan(alias) -> str:
+    """How the engine would find the levels of a species in an energy range (the lookup of
+    import-hfs and of the node), as one text."""
+    connection = connections[alias]
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":  # on a near-empty table a scan is cheaper
+            cursor.execute("SET LOCAL enable_seqscan = off")
+        prefix = {"sqlite": "EXPLAIN QUERY PLAN ", "mysql": "EXPLAIN FORMAT=JSON "}.get(connection.vendor, "EXPLAIN ")
+        cursor.execute(prefix + LOOKUP)
+        return " ".join(str(value) for row in cursor.fetchall() for value in row)
+
+
+def test_levels_are_found_by_species_and_energy_through_the_unique_constraint_alone(engine):
+    with connections[engine].cursor() as cursor:
+        constraints = connections[engine].introspection.get_constraints(cursor, "states")
+    indexed = {name: tuple(c["columns"]) for name, c in constraints.items() if c["index"] or c["unique"]}
+    unique = [name for name, c in constraints.items()
+              if c["unique"] and c["columns"] == ["species_id", "energy_scaled", "J_scaled"]]
+    assert len(unique) == 1, constraints
+    if connections[engine].vendor == "sqlite":  # a table constraint: SQLite names its index so
+        unique = ["sqlite_autoindex_states_1"]
+    plan = lookup_plan(engine)
+    assert unique[0] in plan, plan
+    assert "SCAN states" not in plan and "Seq Scan" not in plan, plan
+    # no index whose columns begin another's: each new level would update both for nothing
+    assert [(a, b) for a, ca in indexed.items() for b, cb in indexed.items()
+            if a != b and cb[:len(ca)] == ca] == [], indexed
