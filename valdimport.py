@@ -856,13 +856,19 @@ class Strings:
 
     codes: np.ndarray  # int32
     table: list
+    # the table as objects, with its NULL: made once for the parts a writer takes of a batch
+    _objects: list = field(default_factory=lambda: [None, None], repr=False, compare=False)
 
     def take(self, index) -> "Strings":
-        return Strings(self.codes[index], self.table)
+        return Strings(self.codes[index], self.table, self._objects)
 
     def tolist(self, null=None) -> list:
-        table = [null if t is None else t for t in self.table] + [null]
-        return list(map(table.__getitem__, self.codes.tolist()))
+        made_for, objects = self._objects
+        if objects is None or made_for is not null:
+            objects = np.empty(len(self.table) + 1, object)
+            objects[:] = [null if t is None else t for t in self.table] + [null]
+            self._objects[:] = [null, objects]
+        return objects[self.codes].tolist()
 
     def __len__(self):
         return len(self.codes)

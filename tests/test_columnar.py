@@ -300,3 +300,13 @@ def test_a_level_decodes_alike_in_batches_of_any_width():
     misses = vi.decoded_quantum_numbers.cache_info().misses
     vi.parse_batch(_description_dump(["3d6 a5D"], ["x" * 86]), 1, CONFIGS["text"])
     assert vi.decoded_quantum_numbers.cache_info().misses == misses + 1  # only the new 'x...' one
+
+
+def test_a_text_column_gives_its_values_with_the_null_each_caller_asks_for():
+    column = vi.Strings(np.array([2, 0, 1, 3, 0], np.int32), ["a\\b", None, "c d"])
+    parts = [column.take(slice(0, 2)), column.take(slice(2, 5))]
+    flat = [value for part in parts for value in part.tolist(vi.NAN)]  # as the SQLite writer binds
+    assert [v if isinstance(v, str) else "NaN" for v in flat] == ["c d", "a\\b", "NaN", "NaN", "a\\b"]
+    assert all(math.isnan(v) for v in flat if not isinstance(v, str))
+    assert [value for part in parts for value in part.tolist()] == ["c d", "a\\b", None, None, "a\\b"]
+    assert column.tolist(vi.NAN)[2:4] != [None, None]
