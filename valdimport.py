@@ -4318,7 +4318,10 @@ class BatchImport:
         for a level an earlier batch carried without getting it stored, parsed again."""
         row_of = np.cumsum(parsed.carried) - 1
         if parsed.carried[wanted].all():
-            return parsed.levels.take(row_of[wanted])
+            rows = row_of[wanted]
+            if len(rows) == len(parsed.levels) and (rows == np.arange(len(rows))).all():
+                return parsed.levels  # every row the batch carries, as on a first load: no copy
+            return parsed.levels.take(rows)
         again = parse_batch(batch.data, batch.first_line, replace(self.config, transitions=False),
 )
         return again.levels.take(np.searchsorted(again.keys, parsed.keys[wanted]))
