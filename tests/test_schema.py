@@ -100,7 +100,7 @@ def test_levels_are_found_by_species_and_energy_through_the_unique_constraint_al
         unique = ["sqlite_autoindex_states_1"]
     plan = lookup_plan(engine)
     assert unique[0] in plan, plan
-    assert "SCAN states" not in plan and "Seq Scan" not in plan, plan
+    assert not any(scan in plan for scan in ("SCAN states", "Seq Scan", '"access_type": "ALL"')), plan
     # no index whose columns begin another's: each new level would update both for nothing
     assert [(a, b) for a, ca in indexed.items() for b, cb in indexed.items()
             if a != b and cb[:len(ca)] == ca] == [], indexed
