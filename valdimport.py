@@ -909,7 +909,7 @@ class ParsedBatch:
     upper: np.ndarray = None
     carried: np.ndarray = None  # bool [k]
     levels: TextRows | ColumnRows | None = None
-    transitions: TextRows | ColumnRows | None = None
+    transitions: "TextRows | ColumnRows | Unrendered | None" = None
     rejects: list = field(default_factory=list)  # (line_number, reason, raw_text)
     skipped: Counter = field(default_factory=Counter)  # reason -> lines
     oracle: int = 0  # lines parse_record decided on
@@ -919,14 +919,24 @@ class ParsedBatch:
     def species_ids(self) -> set:
         return set(np.unique(self.species).tolist()) if self.records else set()
 
+    def rendered(self) -> "ParsedBatch":
+        """This batch with the transition rows its parser left unrendered rendered here
+        (the time counts as the parse's)."""
+        if isinstance(self.transitions, Unrendered):
+            started = time.process_time()
+            self.transitions = self.transitions.rendered()
+            self.seconds += time.process_time() - started
+        return self
+
 
 def parse_batch(data: bytes, first_line: int = 1, config: ParseConfig = ParseConfig(),
-                shipped: "SentLevels | None" = None) -> ParsedBatch:
+                shipped: "SentLevels | None" = None, render_transitions: bool = True) -> ParsedBatch:
     """Parse a batch of whole physical lines; ``first_line`` is the number of its first line.
 
     Rows of levels whose keys are in ``shipped`` are left out, and the others are added
     to it. Only the input's last line may lack its end of line (a download cut off?):
-    its record goes to parse_record, after check_complete.
+    its record goes to parse_record, after check_complete. ``render_transitions=False``
+    leaves the transition rows as columns (Unrendered), for the process that reads the result.
     """
     started = time.process_time()
     lines = LineTable(data, first_line, config.skip_header)
@@ -958,7 +968,7 @@ def parse_batch(data: bytes, first_line: int = 1, config: ParseConfig = ParseCon
     out.species = values["species_id"]
     _level_keys(out, values, shipped)
     if out.records and config.transitions:
-        out.transitions = transition_rows(matrix, values, refs, config)
+        out.transitions = transition_rows(matrix, values, refs, config, render_transitions)
     if out.records:
         out.levels = level_rows(out, matrix, values, refs, config)
     out.rejects.sort()
@@ -1384,6 +1394,20 @@ def render(columns: list, rows: int, form: str, slots: int) -> "TextRows | Colum
     return ColumnRows([_column_values(c) for c in columns], slots)
 
 
+@dataclass
+class Unrendered:
+    """The columns of rows not rendered yet into the writer's form: what a parser process
+    sends when the writer's process has time to render them (ParserPool)."""
+
+    columns: list
+    rows: int
+    form: str
+    slots: int
+
+    def rendered(self) -> "TextRows | ColumnRows":
+        return render(self.columns, self.rows, self.form, self.slots)
+
+
 def _column_values(c: Column):
     """A column for executemany: float64 (NaN: NULL) or Strings."""
     if c.kind == "digits":
@@ -1609,7 +1633,8 @@ def unique_rows(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return first, inverse
 
 
-def transition_rows(matrix, values, refs: ReferenceKeys, config) -> "TextRows | ColumnRows":
+def transition_rows(matrix, values, refs: ReferenceKeys, config,
+                    rendered: bool = True) -> "TextRows | ColumnRows | Unrendered":
     """The transition rows of the records (TRANSITION_COLUMNS after the slots)."""
     columns = {}
     for f in DATA_FIELDS:
@@ -1645,8 +1670,9 @@ def transition_rows(matrix, values, refs: ReferenceKeys, config) -> "TextRows | 
     for f in DATA_FIELDS:
         if f.level is None and f.ref_column:
             columns[f.ref_column] = refs.column(f.refs)
-    return render([columns[c] for c in TRANSITION_COLUMNS[len(TRANSITION_SLOTS):]], len(matrix),
-                  config.rows, len(TRANSITION_SLOTS))
+    rows = Unrendered([columns[c] for c in TRANSITION_COLUMNS[len(TRANSITION_SLOTS):]], len(matrix),
+                      config.rows, len(TRANSITION_SLOTS))
+    return rows.rendered() if rendered else rows
 
 
 def _field_column(f: FieldDef, matrix, values) -> Column:
@@ -4497,7 +4523,11 @@ class ParserPool:
     would cost as much as parsing them).
 
     Each worker has a pipe of its own and takes every ``workers``-th batch, so results come
-    back in input order. No lock is shared with a worker, so that stopping them cannot
+    back in input order. When the caller had to wait for the last result, the parsers are
+    the slower side: the next batch sent comes back with its transition rows unrendered,
+    and they are rendered here, by the caller's process, which had time to spare (on two
+    cores, a PostgreSQL import's parser is busy all the time while the writer and the
+    server leave a quarter of the other core idle). No lock is shared with a worker, so that stopping them cannot
     hang: a multiprocessing.Pool's terminate() can, for ever, when a worker it kills
     holds the lock of the pool's result queue (seen on Ctrl-C)."""
 
@@ -4506,6 +4536,7 @@ class ParserPool:
         from multiprocessing import shared_memory
         context = multiprocessing.get_context("spawn")
         self.config, self.shipped = config, shipped
+        self.waited, self.rendered_here = 0.0, 0  # the last wait for a result; batches rendered here
         self.slot_bytes = max(1 << 22, batch_size * SLOT_BYTES_PER_RECORD)
         self.memory = shared_memory.SharedMemory(create=True, size=self.slot_bytes * (workers + 2))
         self.pipes, self.processes = [], []
@@ -4520,6 +4551,8 @@ class ParserPool:
         except BaseException:
             self.__exit__()
             raise
+
+    WAIT_TO_SHARE = 0.002  # seconds: a shorter wait for a result is the pipe's own
 
     def __enter__(self):
         return self
@@ -4548,7 +4581,7 @@ class ParserPool:
             start = slot * self.slot_bytes
             self.memory.buf[start:start + len(batch.data)] = batch.data
             try:
-                pipe.send((slot, len(batch.data), batch.first_line))
+                pipe.send((slot, len(batch.data), batch.first_line, self.waited < self.WAIT_TO_SHARE))
             except OSError:
                 raise self._stopped() from None
             in_flight.append((batch, slot, pipe))
@@ -4562,15 +4595,18 @@ class ParserPool:
 
     def _result(self, batch, slot, pipe, free) -> tuple:
         """(batch, its parsed batch) from the worker of ``pipe``; its slot is free again."""
+        waiting = time.perf_counter()
         try:
             data, error = pipe.recv()
         except (EOFError, OSError):
             raise self._stopped() from None
+        self.waited = time.perf_counter() - waiting
         if error is not None:
             raise error
         parsed = _arrays_unpickled(data, self.memory.buf, slot * self.slot_bytes)
         free.append(slot)
-        return batch, parsed
+        self.rendered_here += isinstance(parsed.transitions, Unrendered)
+        return batch, parsed.rendered()
 
     def _stopped(self) -> ValdImportError:
         for process in self.processes:
@@ -4584,16 +4620,18 @@ SLOT_BYTES_PER_RECORD = 2500  # a batch's input and its parsed arrays fit in bat
 
 
 def _parser_process(pipe, config, memory_name, slot_bytes, shipped_hashes):
-    """A parser process: parses the batches its pipe names (slot, length, first line) in
-    their slots of shared memory until it is sent None."""
+    """A parser process: parses the batches its pipe names (slot, length, first line,
+    whether to render the transition rows) in their slots of shared memory until it is
+    sent None."""
     from multiprocessing import shared_memory
     memory, shipped = shared_memory.SharedMemory(name=memory_name), SentLevels(shipped_hashes)
     try:
         while (task := pipe.recv()) is not None:
-            slot, length, first_line = task
+            slot, length, first_line, render = task
             start = slot * slot_bytes
             try:
-                parsed = parse_batch(bytes(memory.buf[start:start + length]), first_line, config, shipped)
+                parsed = parse_batch(bytes(memory.buf[start:start + length]), first_line, config, shipped,
+                                     render_transitions=render)
                 result = (_arrays_pickled(parsed, memory.buf, start, slot_bytes), None)
             except Exception as error:  # raised again in the main process
                 result = (None, error)

@@ -1,10 +1,12 @@
 """Parser processes change the speed, never the content."""
 import gzip
+import math
 
 import pytest
 
 import valdimport as vi
 from tests.conftest import SAMPLE, clear, content
+from tests.test_columnar import rows_of
 
 
 def test_one_or_two_parser_processes_give_the_same_content(engine):
@@ -67,3 +69,48 @@ def test_an_error_in_a_parser_process_is_raised_in_the_main_one():
     with vi.ParserPool(1, vi.ParseConfig(methods=((1, 2, 3),)), 150, vi.SentLevels()) as pool:
         with pytest.raises(ValueError, match="dictionary update sequence"):
             next(pool.parsed(batches))
+
+
+@pytest.mark.parametrize("form", [vi.TEXT, vi.TUPLES])
+def test_transition_rows_left_unrendered_render_to_the_same_rows(form):
+    data, config = gzip.open(SAMPLE).read(), vi.ParseConfig(rows=form)
+    whole = vi.parse_batch(data, 1, config)
+    left = vi.parse_batch(data, 1, config, render_transitions=False)
+    assert isinstance(left.transitions, vi.Unrendered)
+    seconds = left.seconds
+    rows = left.rendered().transitions
+    assert type(rows) is type(whole.transitions) and left.seconds > seconds  # the render counts as parsing
+    assert rows_of(rows, vi.TRANSITION_COLUMNS, 3) == rows_of(whole.transitions, vi.TRANSITION_COLUMNS, 3)
+    assert len(rows) == whole.records == 2000
+
+
+@pytest.mark.parametrize("form", [vi.TEXT, vi.TUPLES])
+def test_a_pool_whose_results_are_waited_for_leaves_the_rendering_to_the_caller(form, monkeypatch):
+    """The threshold decides: a caller that waited longer than it for the last result
+    renders the next batch's transition rows itself; the rows are the same either way."""
+    batches = list(vi.read_batches(vi.Input(str(SAMPLE)).blocks(), 150))
+    config = vi.ParseConfig(rows=form)
+    expected = [rows_of(vi.parse_batch(b.data, b.first_line, config).transitions, vi.TRANSITION_COLUMNS, 3)
+                for b in batches]
+    for threshold, here in ((math.inf, 0), (0.0, len(batches))):  # never waited that long; always
+        monkeypatch.setattr(vi.ParserPool, "WAIT_TO_SHARE", threshold)
+        with vi.ParserPool(1, config, 150, vi.SentLevels()) as pool:
+            got = [rows_of(parsed.transitions, vi.TRANSITION_COLUMNS, 3) for _, parsed in pool.parsed(iter(batches))]
+        assert pool.rendered_here == here and len(batches) > 2
+        assert got == expected
+
+
+def test_transition_rows_rendered_by_the_writer_give_the_same_content(engine, monkeypatch):
+    vi.import_dump(str(SAMPLE), using=engine, batch_size=150, workers=0)
+    expected = content(engine)
+    clear(engine)
+    monkeypatch.setattr(vi.ParserPool, "WAIT_TO_SHARE", 0.0)  # every batch the workers parse
+    left, original = [], vi.ParsedBatch.rendered
+
+    def counted(parsed):
+        left.append(isinstance(parsed.transitions, vi.Unrendered))
+        return original(parsed)
+    monkeypatch.setattr(vi.ParsedBatch, "rendered", counted)
+    vi.import_dump(str(SAMPLE), using=engine, batch_size=150, workers=1)
+    assert content(engine) == expected
+    assert len(left) > 2 and all(left)
