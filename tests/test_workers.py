@@ -114,3 +114,19 @@ def test_transition_rows_rendered_by_the_writer_give_the_same_content(engine, mo
     vi.import_dump(str(SAMPLE), using=engine, batch_size=150, workers=1)
     assert content(engine) == expected
     assert len(left) > 2 and all(left)
+
+
+def test_a_worker_has_a_batch_queued_beside_the_one_it_parses_while_the_caller_writes():
+    """While the caller holds a result, the worker has the next batch and one more: it
+    does not wait idle for the caller when it parses faster than the caller writes."""
+    read = []
+
+    def batches():
+        for batch in vi.read_batches(vi.Input(str(SAMPLE)).blocks(), 150):
+            read.append(batch.first_line)
+            yield batch
+    with vi.ParserPool(1, vi.ParseConfig(), 150, vi.SentLevels()) as pool:
+        results = pool.parsed(batches())
+        batch, _ = next(results)
+        assert batch.first_line == 1 and len(read) == 3  # the one returned, two in flight
+        assert len(list(results)) == len(read) - 1 > 2
