@@ -4523,13 +4523,15 @@ class ParserPool:
     would cost as much as parsing them).
 
     Each worker has a pipe of its own and takes every ``workers``-th batch, so results come
-    back in input order. When the caller had to wait for the last result, the parsers are
-    the slower side: the next batch sent comes back with its transition rows unrendered,
-    and they are rendered here, by the caller's process, which had time to spare (on two
-    cores, a PostgreSQL import's parser is busy all the time while the writer and the
-    server leave a quarter of the other core idle). No lock is shared with a worker, so that stopping them cannot
+    back in input order. No lock is shared with a worker, so that stopping them cannot
     hang: a multiprocessing.Pool's terminate() can, for ever, when a worker it kills
-    holds the lock of the pool's result queue (seen on Ctrl-C)."""
+    holds the lock of the pool's result queue (seen on Ctrl-C).
+
+    When the caller had to wait for the last result, the parsers are the slower side: the
+    next batch sent comes back with its transition rows unrendered, and the caller's
+    process, which had time to spare, renders them (on two cores, a PostgreSQL import's
+    parser is busy all the time while the writer and the server leave a quarter of the
+    other core idle)."""
 
     def __init__(self, workers: int, config: ParseConfig, batch_size: int, shipped: SentLevels):
         import multiprocessing
